@@ -1,0 +1,5 @@
+import sys
+
+from fastdrop.cli import main
+
+sys.exit(main())

@@ -1,0 +1,47 @@
+"""Find the backend module for an array without importing optional libraries.
+
+Every backend module has the same functions, all trusting already validated arguments:
+
+``forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits)``
+    ``out[...] = where(keep, x * scale, 0)`` with ``keep`` drawn over ``mask_shape`` (a tuple
+    already padded to ``x.ndim`` and broadcastable to ``x.shape``), words ``offset + i``.
+    ``out`` is either ``x`` itself (in place) or an array not overlapping it. ``scale`` is a
+    Python float (1 / (1 - p) in float64), rounded by the backend to the compute dtype.
+    ``bits`` is None or a zeroed uint8 array of ``ceil(prod(mask_shape) / 8)`` bytes to receive
+    ``packbits(flat_keep, bitorder="little")``.
+``apply_bits(dy, out, *, mask_shape, bits, scale)``
+    The same select, with keep flags read from packed ``bits`` instead of regenerated.
+``random_bits(out, *, seed, offset)``
+    Fill the 1-D uint32 array ``out`` with the words ``offset ... offset + out.size - 1``.
+``keep_flags(out, *, seed, offset, threshold)``
+    Fill the 1-D bool array ``out`` with ``word(offset + i) < threshold``.
+``empty_like(x)``, ``empty(n, dtype)``, ``zeros(n, dtype)``: allocation in the backend's memory.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+_BACKEND_MODULES = {
+    "numpy": "fastdrop._numba_backend",
+    "cupy": "fastdrop._cupy_backend",
+}
+
+
+def array_library(array) -> str:
+    """The top-level module name of an array's type ('numpy', 'cupy', ...), importing nothing."""
+    return type(array).__module__.partition(".")[0]
+
+
+def backend_for(array) -> ModuleType:
+    """The backend module that runs kernels on ``array``; TypeError for unsupported arrays."""
+    library = array_library(array)
+    try:
+        module_name = _BACKEND_MODULES[library]
+    except KeyError:
+        raise TypeError(
+            f"fastdrop runs on numpy.ndarray and cupy.ndarray; got {type(array).__module__}."
+            f"{type(array).__qualname__}"
+        ) from None
+    return importlib.import_module(module_name)

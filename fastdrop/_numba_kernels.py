@@ -1,0 +1,210 @@
+"""Numba CPU kernels: Philox4x32-10 words, keep test, scale-and-select, bit packing.
+
+Kernels only: launch decisions, validation and layout handling live in ``_numba_backend``.
+
+Speed comes from two choices. Work is split into fixed tasks of ``CHUNK`` elements (a function
+of the indices alone, so the result never depends on the thread count). Inside a task the
+Philox counters are generated as lanes of a small array first, in a loop with no branches that
+LLVM vectorises across lanes (AVX-512's 32 x 32 -> 64 bit multiply), and only then compared and
+selected; a scalar Philox per element runs at about a fifth of copy speed.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from fastdrop._contract import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
+
+#: Elements per parallel task: a multiple of 8 (whole bytes of packed bits) and of 4 (counters).
+CHUNK = 4096
+#: Words in a task's scratch buffer: the chunk plus up to 3 words of an unaligned first counter,
+#: rounded up to whole counters.
+_BUFFER_WORDS = CHUNK + 8
+
+_M0 = np.uint64(PHILOX_M0)
+_M1 = np.uint64(PHILOX_M1)
+_W0 = np.uint64(PHILOX_W0)
+_W1 = np.uint64(PHILOX_W1)
+_MASK32 = np.uint64(0xFFFFFFFF)
+_SHIFT32 = np.uint64(32)
+
+_jit = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+
+
+@numba.njit(inline="always", **_jit)
+def _round(c0, c1, c2, c3, k0, k1):
+    product0 = _M0 * c0
+    product1 = _M1 * c2
+    return (
+        (product1 >> _SHIFT32) ^ c1 ^ k0,
+        product1 & _MASK32,
+        (product0 >> _SHIFT32) ^ c3 ^ k1,
+        product0 & _MASK32,
+    )
+
+
+@numba.njit(inline="always", **_jit)
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 on uint64-held 32-bit words; key words must already be < 2**32."""
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
+    for _ in range(9):
+        k0 = (k0 + _W0) & _MASK32
+        k1 = (k1 + _W1) & _MASK32
+        c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
+    return c0, c1, c2, c3
+
+
+@numba.njit(**_jit)
+def word_at(g, k0, k1):
+    """The single word of global index g (used where one word covers a whole row)."""
+    q = g >> np.uint64(2)
+    r0, r1, r2, r3 = philox4x32_10(q & _MASK32, q >> _SHIFT32, np.uint64(0), np.uint64(0), k0, k1)
+    lane = g & np.uint64(3)
+    if lane == 0:
+        return r0
+    if lane == 1:
+        return r1
+    if lane == 2:
+        return r2
+    return r3
+
+
+@numba.njit(inline="always", **_jit)
+def _store_counter(buffer, lane, q, k0, k1):
+    r0, r1, r2, r3 = philox4x32_10(q & _MASK32, q >> _SHIFT32, np.uint64(0), np.uint64(0), k0, k1)
+    buffer[4 * lane] = np.uint32(r0)
+    buffer[4 * lane + 1] = np.uint32(r1)
+    buffer[4 * lane + 2] = np.uint32(r2)
+    buffer[4 * lane + 3] = np.uint32(r3)
+
+
+@numba.njit(inline="always", **_jit)
+def fill_words(buffer, g_start, count, k0, k1):
+    """Write the words of g_start .. g_start + count - 1 to buffer; returns where g_start landed.
+
+    Counters are whole, so the buffer starts at word 4 * (g_start >> 2). Each iteration runs two
+    independent counters (lane and lane + half): two dependency chains per vector keep the
+    multiplier busy, about 1.3x faster than one here.
+    """
+    q_first = g_start >> np.uint64(2)
+    n_counters = np.int64(((g_start + np.uint64(count) + np.uint64(3)) >> np.uint64(2)) - q_first)
+    half = n_counters // 2
+    for lane in range(half):
+        _store_counter(buffer, lane, q_first + np.uint64(lane), k0, k1)
+        _store_counter(buffer, lane + half, q_first + np.uint64(lane + half), k0, k1)
+    if n_counters % 2:
+        _store_counter(buffer, n_counters - 1, q_first + np.uint64(n_counters - 1), k0, k1)
+    return np.int64(g_start & np.uint64(3))
+
+
+@numba.njit(inline="always", **_jit)
+def _pack_chunk(words, first, count, threshold, bits, byte_start):
+    """Pack keep flags of words[first : first + count] into bits[byte_start:] (little bit order)."""
+    for b in range((count + 7) // 8):
+        byte = 0
+        for k in range(8):
+            j = 8 * b + k
+            if j < count and np.uint64(words[first + j]) < threshold:
+                byte |= 1 << k
+        bits[byte_start + b] = np.uint8(byte)
+
+
+@numba.njit(parallel=True, **_jit)
+def select_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k0, k1,
+                threshold, scale, zero, bits, pack_bits):
+    """out = where(keep, x * scale, 0) over a rank-3 view.
+
+    Element (i0, i1, i2) uses word ``word_offset + i0*ms0 + i1*ms1 + i2*ms2`` where the mask
+    strides are 0 along broadcast axes and ``mask_stride2`` is 0 or 1. ``pack_bits`` is only set
+    for a single full row (mask index == element index), whose chunks start on byte boundaries.
+    """
+    n0, n1, n2 = x.shape
+    rows = n0 * n1
+    if mask_stride2 == 0:
+        # One word per row (channel-style masks): the row is all kept or all dropped.
+        for row in numba.prange(rows):
+            i0 = row // n1
+            i1 = row - i0 * n1
+            g = word_offset + np.uint64(i0 * mask_stride0 + i1 * mask_stride1)
+            keep = word_at(g, k0, k1) < threshold
+            for i2 in range(n2):
+                value = x[i0, i1, i2] * scale
+                out[i0, i1, i2] = value if keep else zero
+        return
+    chunks_per_row = (n2 + CHUNK - 1) // CHUNK
+    for task in numba.prange(rows * chunks_per_row):
+        row = task // chunks_per_row
+        start = (task - row * chunks_per_row) * CHUNK
+        count = min(CHUNK, n2 - start)
+        i0 = row // n1
+        i1 = row - i0 * n1
+        g = word_offset + np.uint64(i0 * mask_stride0 + i1 * mask_stride1 + start)
+        words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
+        first = fill_words(words, g, count, k0, k1)
+        x_row = x[i0, i1, start : start + count]
+        out_row = out[i0, i1, start : start + count]
+        for j in range(count):
+            keep = np.uint64(words[first + j]) < threshold
+            value = x_row[j] * scale
+            out_row[j] = value if keep else zero
+        if pack_bits:
+            _pack_chunk(words, first, count, threshold, bits, start // 8)
+
+
+@numba.njit(parallel=True, **_jit)
+def select_rows_from_bits(x, out, mask_base, mask_stride0, mask_stride1, mask_stride2, bits,
+                          scale, zero):
+    """Like ``select_rows`` with keep flags read from packed bits at the mask's flat index."""
+    n0, n1, n2 = x.shape
+    rows = n0 * n1
+    chunks_per_row = (n2 + CHUNK - 1) // CHUNK
+    for task in numba.prange(rows * chunks_per_row):
+        row = task // chunks_per_row
+        start = (task - row * chunks_per_row) * CHUNK
+        count = min(CHUNK, n2 - start)
+        i0 = row // n1
+        i1 = row - i0 * n1
+        base = mask_base + i0 * mask_stride0 + i1 * mask_stride1
+        for j in range(count):
+            m = base + (start + j) * mask_stride2
+            keep = (bits[m >> 3] >> (m & 7)) & 1
+            value = x[i0, i1, start + j] * scale
+            out[i0, i1, start + j] = value if keep else zero
+
+
+@numba.njit(parallel=True, **_jit)
+def pack_keep_bits(n, word_offset, k0, k1, threshold, bits):
+    """bits = packbits(word(offset + i) < threshold for i < n), little bit order."""
+    for task in numba.prange((n + CHUNK - 1) // CHUNK):
+        start = task * CHUNK
+        count = min(CHUNK, n - start)
+        words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
+        first = fill_words(words, word_offset + np.uint64(start), count, k0, k1)
+        _pack_chunk(words, first, count, threshold, bits, start // 8)
+
+
+@numba.njit(parallel=True, **_jit)
+def fill_random_bits(out, word_offset, k0, k1):
+    """out[i] = word(offset + i) for a 1-D uint32 array."""
+    n = out.size
+    for task in numba.prange((n + CHUNK - 1) // CHUNK):
+        start = task * CHUNK
+        count = min(CHUNK, n - start)
+        words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
+        first = fill_words(words, word_offset + np.uint64(start), count, k0, k1)
+        for j in range(count):
+            out[start + j] = words[first + j]
+
+
+@numba.njit(parallel=True, **_jit)
+def fill_keep_flags(out, word_offset, k0, k1, threshold):
+    """out[i] = word(offset + i) < threshold for a 1-D bool array."""
+    n = out.size
+    for task in numba.prange((n + CHUNK - 1) // CHUNK):
+        start = task * CHUNK
+        count = min(CHUNK, n - start)
+        words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
+        first = fill_words(words, word_offset + np.uint64(start), count, k0, k1)
+        for j in range(count):
+            out[start + j] = np.uint64(words[first + j]) < threshold

@@ -1,0 +1,131 @@
+"""Argument checks at the public edge. Each raises before anything is written, naming the argument,
+the value and what is allowed. Code below the edge trusts its inputs."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+
+import numpy as np
+
+from fastdrop._contract import MAX_WORD_INDEX
+
+
+def probability(p) -> float:
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+        raise TypeError(f"p must be a real number in [0, 1]; got {p!r} of type {type(p).__name__}")
+    value = float(p)
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"p must be in [0, 1]; got {p!r}")
+    return value
+
+
+def _integer(value, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer; got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer; got {value!r} of type {type(value).__name__}") from None
+
+
+def seed(value) -> int:
+    value = _integer(value, "seed")
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"seed must be in [0, 2**64); got {value}")
+    return value
+
+
+def offset(value, n_words: int) -> int:
+    value = _integer(value, "offset")
+    if value < 0:
+        raise ValueError(f"offset must be >= 0; got {value}")
+    if value + max(n_words, 1) - 1 > MAX_WORD_INDEX:
+        raise ValueError(
+            f"offset {value} + {n_words} words runs past the last word index 2**64 - 1"
+        )
+    return value
+
+
+def count(value, name: str) -> int:
+    value = _integer(value, name)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0; got {value}")
+    return value
+
+
+def float_array(array, name: str, float_dtypes) -> None:
+    """TypeError for arrays whose dtype is not one of the backend's float dtypes."""
+    dtype = getattr(array, "dtype", None)
+    if dtype is None or not hasattr(array, "shape"):
+        raise TypeError(f"{name} must be a NumPy or CuPy array; got {type(array).__name__}")
+    if dtype not in float_dtypes:
+        allowed = ", ".join(str(d) for d in float_dtypes)
+        raise TypeError(f"{name} must have a floating dtype ({allowed}); got {dtype}")
+
+
+def mask_shape(value, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The mask shape padded to len(shape); it must broadcast to ``shape`` without growing it."""
+    if value is None:
+        return tuple(shape)
+    try:
+        dims = tuple(operator.index(d) for d in value)
+    except TypeError:
+        raise TypeError(f"mask_shape must be a tuple of integers; got {value!r}") from None
+    if len(dims) > len(shape) or any(d < 0 for d in dims):
+        raise ValueError(f"mask_shape {dims} does not broadcast to the input shape {tuple(shape)}")
+    padded = (1,) * (len(shape) - len(dims)) + dims
+    if any(m not in (1, s) for m, s in zip(padded, shape)):
+        raise ValueError(f"mask_shape {dims} does not broadcast to the input shape {tuple(shape)}")
+    return padded
+
+
+def output(out, x, name_x: str = "x"):
+    """Check ``out`` for writing the result of ``x``: same type, shape, dtype; writeable; either
+    exactly ``x``'s memory (in place) or disjoint from it. Returns True for in place."""
+    if type(out) is not type(x):
+        raise TypeError(f"out must be a {type(x).__name__} like {name_x}; got {type(out).__name__}")
+    if out.shape != x.shape:
+        raise ValueError(f"out has shape {out.shape}; {name_x} has shape {x.shape}")
+    if out.dtype != x.dtype:
+        raise TypeError(f"out has dtype {out.dtype}; {name_x} has dtype {x.dtype}")
+    flags = getattr(out, "flags", None)
+    if flags is not None and hasattr(flags, "writeable") and not flags.writeable:
+        raise ValueError("out is read-only")
+    if same_memory(out, x):
+        return True
+    if overlaps(out, x):
+        raise ValueError(f"out partly overlaps {name_x}; pass out={name_x} for in place, or a separate array")
+    return False
+
+
+def _data_pointer(array) -> int:
+    interface = getattr(array, "__array_interface__", None) or array.__cuda_array_interface__
+    return interface["data"][0]
+
+
+def same_memory(a, b) -> bool:
+    return a.shape == b.shape and a.strides == b.strides and _data_pointer(a) == _data_pointer(b)
+
+
+def overlaps(a, b) -> bool:
+    if math.prod(a.shape) == 0 or math.prod(b.shape) == 0:
+        return False
+    if isinstance(a, np.ndarray):
+        try:
+            return bool(np.shares_memory(a, b, max_work=1 << 20))
+        except np.exceptions.TooHardError:
+            return True
+    # Other array libraries: compare the byte ranges the arrays span.
+    return _span(a)[0] < _span(b)[1] and _span(b)[0] < _span(a)[1]
+
+
+def _span(array) -> tuple[int, int]:
+    start = end = _data_pointer(array)
+    for extent, stride in zip(array.shape, array.strides):
+        if stride < 0:
+            start += (extent - 1) * stride
+        else:
+            end += (extent - 1) * stride
+    return start, end + array.itemsize

@@ -1,0 +1,144 @@
+"""Every backend against the NumPy reference, bit for bit (the CuPy leg needs a GPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastdrop
+from fastdrop import reference
+
+from conftest import assert_bitwise_equal, to_numpy
+
+PROBABILITIES = [0.0, 1e-6, 0.1, 0.5, 0.9, 1.0]
+SHAPES = [(0,), (1,), (7,), (4099,), (3, 5), (2, 3, 5, 7), (65, 67), (2, 1, 9, 1, 3)]
+
+
+def _float_dtypes(xp):
+    return [np.float32, np.float64] + ([np.float16] if xp is not np else [])
+
+
+def _input(xp, shape, dtype, seed=0):
+    values = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    return xp.array(values, copy=True), values
+
+
+@pytest.mark.parametrize("p", PROBABILITIES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_forward_backward_match_reference(xp, shape, p):
+    for dtype in _float_dtypes(xp):
+        x, x_host = _input(xp, shape, dtype)
+        y, mask = fastdrop.dropout(x, p, seed=1234567, offset=13)
+        expected = reference.dropout(x_host, p, seed=1234567, offset=13)
+        assert_bitwise_equal(y, expected)
+        dx = fastdrop.dropout_backward(x, mask)
+        assert_bitwise_equal(dx, reference.dropout_backward(x_host, p, seed=1234567, offset=13))
+
+
+@pytest.mark.parametrize("offset", [0, 1, 2, 3, 5, 4095, 4097, (1 << 34) - 3])
+@pytest.mark.parametrize("seed", [0, 1, 0xFFFFFFFF, 1 << 32, 2**64 - 1])
+def test_seeds_and_offsets(xp, seed, offset):
+    x, x_host = _input(xp, (5003,), np.float32, seed=3)
+    y, mask = fastdrop.dropout(x, 0.25, seed=seed, offset=offset, keep_bits=True)
+    assert_bitwise_equal(y, reference.dropout(x_host, 0.25, seed=seed, offset=offset))
+    keep = reference.keep_mask(x_host.shape, 0.25, seed=seed, offset=offset)
+    assert_bitwise_equal(mask.bits, reference.pack_bits(keep))
+    np.testing.assert_array_equal(to_numpy(mask.to_array()), keep)
+
+
+LAYOUTS = {
+    "c": lambda a: a,
+    "fortran": lambda a: a.T.copy().T,
+    "reversed": lambda a: a[::-1, ::-2],
+    "transposed": lambda a: a.transpose(1, 0, 3, 2),
+    "sliced": lambda a: a[1:, :, 2:5],
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(
+    "mask_shape", [None, (6, 9, 1, 1), (1, 9, 1, 5), (5,), (6, 1, 4, 1), (1,)], ids=str
+)
+def test_layouts_and_mask_shapes(xp, layout, mask_shape):
+    base_host = np.random.default_rng(7).standard_normal((6, 9, 4, 5))
+    view_host = LAYOUTS[layout](base_host)
+    view = LAYOUTS[layout](xp.asarray(base_host))
+    try:
+        fastdrop._validate.mask_shape(mask_shape, view_host.shape)
+    except ValueError:
+        pytest.skip("this mask shape does not broadcast to this view")
+    for keep_bits in (False, True):
+        y, mask = fastdrop.dropout(view, 0.4, seed=99, offset=3, mask_shape=mask_shape, keep_bits=keep_bits)
+        expected = reference.dropout(view_host, 0.4, seed=99, offset=3, mask_shape=mask_shape)
+        assert_bitwise_equal(y, expected)
+        assert_bitwise_equal(fastdrop.dropout_backward(view, mask), expected)
+        if keep_bits:
+            keep = reference.keep_mask(mask.shape, 0.4, seed=99, offset=3)
+            assert_bitwise_equal(mask.bits, reference.pack_bits(keep))
+
+
+@pytest.mark.parametrize("mask_shape", [None, (3, 1)], ids=str)
+def test_in_place(xp, mask_shape):
+    x, x_host = _input(xp, (3, 1001), np.float64)
+    y, mask = fastdrop.dropout(x, 0.5, seed=8, out=x, mask_shape=mask_shape)
+    assert y is x
+    assert_bitwise_equal(x, reference.dropout(x_host, 0.5, seed=8, mask_shape=mask_shape))
+    dy, dy_host = _input(xp, (3, 1001), np.float64, seed=1)
+    dx = fastdrop.dropout_backward(dy, mask, out=dy)
+    assert dx is dy
+    assert_bitwise_equal(dy, reference.dropout(dy_host, 0.5, seed=8, mask_shape=mask_shape))
+
+
+def test_into_separate_out(xp):
+    x, x_host = _input(xp, (4097,), np.float32)
+    out = xp.full(x.shape, 7.0, dtype=x.dtype)
+    y, _ = fastdrop.dropout(x, 0.3, seed=1, out=out)
+    assert y is out
+    assert_bitwise_equal(out, reference.dropout(x_host, 0.3, seed=1))
+    assert_bitwise_equal(x, x_host)  # the input is untouched
+
+
+def test_slice_invariance(xp):
+    """dropout(x[a:b], offset=a) is dropout(x)[a:b]: masks can be drawn shard by shard."""
+    x, _ = _input(xp, (20011,), np.float32)
+    full, _ = fastdrop.dropout(x, 0.3, seed=77)
+    for a, b in [(0, 1), (1, 4), (3, 4100), (4096, 20011), (12345, 12350)]:
+        part, _ = fastdrop.dropout(x[a:b], 0.3, seed=77, offset=a)
+        assert_bitwise_equal(part, to_numpy(full)[a:b])
+
+
+def test_non_finite_inputs_select(xp):
+    values = np.array([np.nan, np.inf, -np.inf, -0.0, 1.5] * 401, dtype=np.float32)
+    y, mask = fastdrop.dropout(xp.asarray(values), 0.5, seed=3)
+    keep = to_numpy(mask.to_array())
+    y = to_numpy(y)
+    assert np.all(y[~keep] == 0.0) and not np.any(np.signbit(y[~keep]))
+    assert_bitwise_equal(y, reference.dropout(values, 0.5, seed=3))
+
+
+def test_p_zero_is_bitwise_identity_and_p_one_is_zero(xp):
+    values = np.array([np.nan, 1.0, -0.0, np.inf, 3.25] * 3, dtype=np.float64)
+    x = xp.asarray(values)
+    y, mask = fastdrop.dropout(x, 0.0, seed=1, keep_bits=True)
+    assert_bitwise_equal(y, values)
+    assert to_numpy(mask.to_array()).all() and int(mask.bits[-1]) == 0b1111111
+    z, mask = fastdrop.dropout(x, 1.0, seed=1)
+    assert_bitwise_equal(z, np.zeros_like(values))
+    dx = fastdrop.dropout_backward(xp.ones_like(x), mask)
+    assert_bitwise_equal(dx, np.zeros_like(values))
+
+
+def test_zero_size(xp):
+    x = xp.empty((0, 3), dtype=np.float32)
+    y, mask = fastdrop.dropout(x, 0.5, seed=1, keep_bits=True)
+    assert y.shape == (0, 3) and mask.bits.size == 0 and mask.to_array().shape == (0, 3)
+    assert fastdrop.dropout_backward(x, mask).shape == (0, 3)
+
+
+def test_results_do_not_depend_on_call_history(xp):
+    x, _ = _input(xp, (9999,), np.float32)
+    first, _ = fastdrop.dropout(x, 0.5, seed=5, offset=10)
+    for seed in range(3):
+        fastdrop.dropout(x, 0.2, seed=seed)
+    again, _ = fastdrop.dropout(x, 0.5, seed=5, offset=10)
+    assert_bitwise_equal(again, to_numpy(first))
