@@ -88,7 +88,8 @@ def fill_words(buffer, g_start, count, k0, k1):
     multiplier busy, about 1.3x faster than one here.
     """
     q_first = g_start >> np.uint64(2)
-    n_counters = np.int64(((g_start + np.uint64(count) + np.uint64(3)) >> np.uint64(2)) - q_first)
+    # (last word's counter) - (first's) + 1, written so that g = 2**64 - 1 does not overflow.
+    n_counters = np.int64(((g_start + np.uint64(count - 1)) >> np.uint64(2)) - q_first) + 1
     half = n_counters // 2
     for lane in range(half):
         _store_counter(buffer, lane, q_first + np.uint64(lane), k0, k1)
