@@ -1,0 +1,274 @@
+"""The CuPy backend against fastdrop.reference, bit for bit, and the device Philox against cuRAND.
+
+Every test here but the last two is marked ``gpu`` and skipped, with the reason, where CuPy or a
+working GPU is missing. Inputs are finite: a kept NaN comes out as a NaN whose payload the GPU
+does not preserve, so NaNs get their own test.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastdrop
+from fastdrop import reference
+
+
+def _gpu_unavailable_reason():
+    try:
+        import cupy
+    except ImportError as error:
+        return f"CuPy is not installed ({error})"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() == 0:
+            return "CUDA reports no GPU"
+    except cupy.cuda.runtime.CUDARuntimeError as error:
+        return f"no working CUDA GPU ({error})"
+    return None
+
+
+GPU_REASON = _gpu_unavailable_reason()
+
+
+def gpu_test(function):
+    """Mark a test ``gpu`` and skip it, saying why, where CuPy or a working GPU is missing."""
+    return pytest.mark.gpu(pytest.mark.skipif(GPU_REASON is not None, reason=str(GPU_REASON))(function))
+
+
+if GPU_REASON is None:
+    import cupy
+
+
+def _dtype(name):
+    if name == "bfloat16":
+        ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 arrays need ml_dtypes")
+        dtype = np.dtype(ml_dtypes.bfloat16)
+        try:
+            cupy.zeros(1, dtype=dtype)
+        except Exception as error:  # CuPy < 14 has no bfloat16 arrays
+            pytest.skip(f"this CuPy cannot hold bfloat16 arrays ({error})")
+        return dtype
+    return np.dtype(name)
+
+
+def _raw(array):
+    """The bits of a float array as unsigned integers, for exact comparison (-0, subnormals)."""
+    array = np.ascontiguousarray(array)
+    return array.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[array.dtype.itemsize])
+
+
+def _host_and_device(shape, dtype, seed=0):
+    host = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    return host, cupy.asarray(host)
+
+
+# Each case: id, base shape, view of the base (applied identically to NumPy and CuPy), mask_shape.
+CASES = [
+    ("one", (1,), None, None),
+    ("odd-1d", (4099,), None, None),
+    ("odd-2d", (37, 129), None, None),
+    ("odd-3d", (3, 5, 67), None, None),
+    ("channels", (4, 6, 5, 7), None, (4, 6, 1, 1)),
+    ("rows", (33, 65), None, (33, 1)),
+    ("columns", (33, 65), None, (65,)),
+    ("single-draw", (9, 10), None, (1,)),
+    ("rank-5", (2, 3, 4, 5, 6), None, (2, 1, 4, 1, 6)),
+    ("strided", (40, 70), lambda a: a[::2, 1::3], None),
+    ("transposed", (33, 65), lambda a: a.T, None),
+    ("misaligned", (4100,), lambda a: a[1:], None),
+    ("reversed", (1001,), lambda a: a[::-1], None),
+    ("strided-mask", (12, 40), lambda a: a[:, ::3], (12, 1)),
+]
+OFFSETS = [0, 1, 2, 3, 2**32 - 3, 2**62 + 1]
+DTYPES = ["float16", "bfloat16", "float32", "float64"]
+
+
+def _case_arrays(case, dtype):
+    _, base_shape, view, mask_shape = case
+    host, device = _host_and_device(base_shape, dtype)
+    if view is not None:
+        host, device = view(host), view(device)
+    return host, device, mask_shape
+
+
+@gpu_test
+@pytest.mark.parametrize("offset", OFFSETS)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("dtype_name", DTYPES)
+def test_forward_backward_match_reference(dtype_name, case, offset):
+    dtype = _dtype(dtype_name)
+    host, device, mask_shape = _case_arrays(case, dtype)
+    p = (0.1, 0.5, 0.9)[offset % 3]
+    seed = 0x1234_5678_9ABC_DEF0 + offset
+    y, mask = fastdrop.dropout(device, p, seed=seed, offset=offset, mask_shape=mask_shape, keep_bits=True)
+    expected = reference.dropout(host, p, seed=seed, offset=offset, mask_shape=mask_shape)
+    np.testing.assert_array_equal(_raw(cupy.asnumpy(y)), _raw(expected))
+
+    keep = reference.keep_mask(mask.shape, p, seed=seed, offset=offset)
+    np.testing.assert_array_equal(cupy.asnumpy(mask.bits), reference.pack_bits(keep))
+    np.testing.assert_array_equal(cupy.asnumpy(mask.to_array(like=device)), keep)
+
+    dy_host, dy = _host_and_device(host.shape, dtype, seed=1)
+    expected_dx = reference.dropout_backward(dy_host, p, seed=seed, offset=offset, mask_shape=mask_shape)
+    from_bits = fastdrop.dropout_backward(dy, mask)
+    _, seed_only = fastdrop.dropout(device, p, seed=seed, offset=offset, mask_shape=mask_shape)
+    from_seed = fastdrop.dropout_backward(dy, seed_only)
+    np.testing.assert_array_equal(cupy.asnumpy(seed_only.to_array(like=device)), keep)  # keep_flags kernel
+    np.testing.assert_array_equal(_raw(cupy.asnumpy(from_bits)), _raw(expected_dx))
+    np.testing.assert_array_equal(_raw(cupy.asnumpy(from_seed)), _raw(expected_dx))
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_in_place(dtype_name, layout):
+    dtype = _dtype(dtype_name)
+    host, device = _host_and_device((301, 17), dtype)
+    if layout == "strided":
+        host, device = host[:, ::2], device[:, ::2]
+    y, _ = fastdrop.dropout(device, 0.3, seed=5, offset=7, out=device)
+    assert y is device
+    np.testing.assert_array_equal(_raw(cupy.asnumpy(device)), _raw(reference.dropout(host, 0.3, seed=5, offset=7)))
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("p", [0.0, 1e-6, 1.0])
+def test_edge_probabilities(dtype_name, p):
+    dtype = _dtype(dtype_name)
+    host, device = _host_and_device((1031,), dtype)
+    y, mask = fastdrop.dropout(device, p, seed=3, offset=1, keep_bits=True)
+    np.testing.assert_array_equal(_raw(cupy.asnumpy(y)), _raw(reference.dropout(host, p, seed=3, offset=1)))
+    keep = reference.keep_mask(host.shape, p, seed=3, offset=1)
+    np.testing.assert_array_equal(cupy.asnumpy(mask.bits), reference.pack_bits(keep))
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype_name", DTYPES)
+def test_dropped_nan_and_inf_give_zero(dtype_name):
+    dtype = _dtype(dtype_name)
+    values = np.array([np.nan, np.inf, -np.inf] * 300).astype(dtype)
+    y, mask = fastdrop.dropout(cupy.asarray(values), 0.5, seed=11, keep_bits=True)
+    y = cupy.asnumpy(y)
+    keep = reference.keep_mask(values.shape, 0.5, seed=11)
+    assert np.all(_raw(y)[~keep] == 0)  # +0, whatever was dropped
+    kept = y[keep].astype(np.float64)
+    np.testing.assert_array_equal(np.isnan(kept), np.isnan(values[keep].astype(np.float64)))
+    np.testing.assert_array_equal(kept[~np.isnan(kept)], values[keep].astype(np.float64)[~np.isnan(kept)])
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("offset", [0, 1, 2, 3])
+@pytest.mark.parametrize("grid", ["default", "one-block-per-sm"])
+def test_launch_configuration_does_not_change_the_mask(dtype_name, offset, grid, monkeypatch):
+    """Large arrays, and a tiny grid so that each warp walks many tiles (the carried block)."""
+    from fastdrop import _cupy_backend
+
+    if grid != "default":
+        monkeypatch.setattr(_cupy_backend, "BLOCKS_PER_SM", 1)
+        monkeypatch.setattr(_cupy_backend, "MIN_TILES_PER_WARP", 1)
+    dtype = _dtype(dtype_name)
+    n = 3 * 2**20 + 5
+    host, device = _host_and_device((n,), dtype)
+    y, mask = fastdrop.dropout(device, 0.25, seed=99, offset=offset, keep_bits=True)
+    np.testing.assert_array_equal(_raw(cupy.asnumpy(y)), _raw(reference.dropout(host, 0.25, seed=99, offset=offset)))
+    keep = reference.keep_mask((n,), 0.25, seed=99, offset=offset)
+    np.testing.assert_array_equal(cupy.asnumpy(mask.bits), reference.pack_bits(keep))
+
+
+@gpu_test
+@pytest.mark.parametrize("offset", [0, 1, 2, 3, 2**40 + 2, 2**64 - 1000])
+@pytest.mark.parametrize("n", [1, 5, 4097])
+def test_random_bits(n, offset):
+    words = fastdrop.random_bits(n, seed=2**64 - 5, offset=offset, like=cupy.empty(0))
+    assert isinstance(words, cupy.ndarray)
+    np.testing.assert_array_equal(cupy.asnumpy(words), reference.random_bits(n, seed=2**64 - 5, offset=offset))
+
+
+@gpu_test
+def test_zero_size():
+    y, mask = fastdrop.dropout(cupy.empty((0, 3), dtype=np.float32), 0.5, seed=1, keep_bits=True)
+    assert y.shape == (0, 3) and mask.bits.size == 0
+
+
+def _curand_include_dir():
+    """A folder holding curand_kernel.h: the CUDA toolkit's, or the NVIDIA wheels' (skip if none)."""
+    candidates = []
+    for variable in ("CUDA_PATH", "CUDA_HOME"):
+        if os.environ.get(variable):
+            candidates.append(Path(os.environ[variable]) / "include")
+    try:
+        candidates.append(Path(cupy.cuda.get_cuda_path()) / "include")
+    except Exception:
+        pass
+    candidates.append(Path("/usr/local/cuda/include"))
+    for entry in sys.path:
+        nvidia = Path(entry) / "nvidia"
+        candidates += [nvidia / "cu13" / "include", nvidia / "curand" / "include"]
+    for folder in candidates:
+        if (folder / "curand_kernel.h").is_file():
+            return folder
+    pytest.skip("curand_kernel.h not found (no CUDA toolkit include folder)")
+
+
+CURAND_SOURCE = r"""
+#include <curand_kernel.h>
+extern "C" __global__ void curand_stream(unsigned long long seed, unsigned int* out, int calls) {
+    curandStatePhilox4_32_10_t state;
+    curand_init(seed, 0, 0, &state);
+    for (int i = 0; i < calls; ++i) {
+        const uint4 r = curand4(&state);
+        out[4 * i] = r.x;
+        out[4 * i + 1] = r.y;
+        out[4 * i + 2] = r.z;
+        out[4 * i + 3] = r.w;
+    }
+}
+"""
+
+
+@gpu_test
+@pytest.mark.parametrize("seed", [0, 12345, 0x0123_4567_89AB_CDEF, 2**64 - 1])
+def test_device_philox_equals_curand(seed):
+    include = _curand_include_dir()
+    kernel = cupy.RawKernel(CURAND_SOURCE, "curand_stream", options=(f"-I{include}",))
+    calls = 257
+    out = cupy.zeros(4 * calls, dtype=np.uint32)
+    kernel((1,), (1,), (np.uint64(seed), out, np.int32(calls)))
+    ours = fastdrop.random_bits(4 * calls, seed=seed, like=out)
+    np.testing.assert_array_equal(cupy.asnumpy(out), cupy.asnumpy(ours))
+    np.testing.assert_array_equal(cupy.asnumpy(out), reference.random_bits(4 * calls, seed=seed))
+
+
+@gpu_test
+def test_runs_on_the_current_stream():
+    host, device = _host_and_device((2**20 + 3,), np.float32)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        y, _ = fastdrop.dropout(device, 0.5, seed=8, offset=2)
+        stream.synchronize()
+    np.testing.assert_array_equal(_raw(cupy.asnumpy(y)), _raw(reference.dropout(host, 0.5, seed=8, offset=2)))
+
+
+# --- without a GPU ------------------------------------------------------------------------------
+
+def test_clear_error_without_a_gpu():
+    pytest.importorskip("cupy", reason="CuPy is not installed")
+    if GPU_REASON is None:
+        pytest.skip("a GPU is present; this checks the message shown without one")
+    from fastdrop import _cupy_backend
+
+    with pytest.raises(RuntimeError, match="no working GPU"):
+        _cupy_backend.require_gpu()
+
+
+def test_import_fastdrop_does_not_import_cupy():
+    code = "import sys, fastdrop; sys.exit('cupy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
