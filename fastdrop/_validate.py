@@ -84,7 +84,7 @@ def mask_shape(value, shape: tuple[int, ...]) -> tuple[int, ...]:
 def output(out, x, name_x: str = "x"):
     """Check ``out`` for writing the result of ``x``: same type, shape, dtype; writeable; either
     exactly ``x``'s memory (in place) or disjoint from it. Returns True for in place."""
-    if type(out) is not type(x):
+    if type(out).__module__.partition(".")[0] != type(x).__module__.partition(".")[0] or not hasattr(out, "shape"):
         raise TypeError(f"out must be a {type(x).__name__} like {name_x}; got {type(out).__name__}")
     if out.shape != x.shape:
         raise ValueError(f"out has shape {out.shape}; {name_x} has shape {x.shape}")

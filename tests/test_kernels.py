@@ -142,3 +142,17 @@ def test_results_do_not_depend_on_call_history(xp):
         fastdrop.dropout(x, 0.2, seed=seed)
     again, _ = fastdrop.dropout(x, 0.5, seed=5, offset=10)
     assert_bitwise_equal(again, to_numpy(first))
+
+
+def test_read_only_input_and_zero_dimensional(xp):
+    values = np.random.default_rng(5).standard_normal(5000).astype(np.float32)
+    x = xp.array(values)
+    if xp is np:
+        x.flags.writeable = False
+    y, mask = fastdrop.dropout(x, 0.5, seed=4)
+    assert_bitwise_equal(y, reference.dropout(values, 0.5, seed=4))
+    assert_bitwise_equal(fastdrop.dropout_backward(x, mask), reference.dropout(values, 0.5, seed=4))
+    scalar = xp.array(np.float64(2.5))
+    for offset in range(4):
+        y0, _ = fastdrop.dropout(scalar, 0.5, seed=1, offset=offset)
+        assert_bitwise_equal(y0, reference.dropout(np.array(2.5), 0.5, seed=1, offset=offset))
