@@ -9,6 +9,23 @@ from fastdrop._contract import keep_threshold, scale_factor
 from fastdrop._mask import DropoutMask
 from fastdrop._stream import stream_state
 from fastdrop.layers import Dropout
+from fastdrop.variants import (
+    AlphaDropoutMask,
+    BiasDropoutAddMask,
+    GaussianNoise,
+    RecurrentMask,
+    alpha_dropout,
+    alpha_dropout_backward,
+    bias_dropout_add,
+    bias_dropout_add_backward,
+    dropconnect_linear,
+    dropconnect_linear_backward,
+    feature_alpha_dropout,
+    gaussian_dropout,
+    gaussian_dropout_backward,
+    spatial_dropout,
+    variational_dropout,
+)
 
 __version__ = "0.1.0"
 
@@ -23,4 +40,19 @@ __all__ = [
     "reference",
     "scale_factor",
     "stream_state",
+    "AlphaDropoutMask",
+    "BiasDropoutAddMask",
+    "GaussianNoise",
+    "RecurrentMask",
+    "alpha_dropout",
+    "alpha_dropout_backward",
+    "bias_dropout_add",
+    "bias_dropout_add_backward",
+    "dropconnect_linear",
+    "dropconnect_linear_backward",
+    "feature_alpha_dropout",
+    "gaussian_dropout",
+    "gaussian_dropout_backward",
+    "spatial_dropout",
+    "variational_dropout",
 ]
