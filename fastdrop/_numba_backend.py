@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from fastdrop import _numba_kernels as kernels
+# OpenMP threads that spin between parallel regions make a short kernel 10-100x slower as soon
+# as anything else wants the cores (measured here: a 32K-element dropout took 20 ms instead of
+# 0.17 ms next to one other busy process). Numba loads OpenMP lazily, so asking for passive
+# waiting now still takes effect, unless the user chose a policy or already ran parallel code.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from fastdrop import _numba_kernels as kernels  # noqa: E402
 from fastdrop._contract import compute_dtype, philox_key
 from fastdrop._layout import rank3_launches
 
@@ -61,37 +68,48 @@ def _scalars(dtype, scale: float):
     return compute(scale), compute(0)
 
 
+def _row_views(x, out, mask_shape, offset):
+    """(x view, out view, mask strides, word offset) per rank-3 launch. A C-contiguous x and out
+    with a full mask, the common case, is one row and skips the layout analysis."""
+    if x.flags.c_contiguous and out.flags.c_contiguous and tuple(mask_shape) == x.shape:
+        return [(x.reshape(1, 1, -1), out.reshape(1, 1, -1), (0, 0, 1), offset)]
+    return [
+        (*_views(x, out, launch), launch.mask_strides, launch.word_offset)
+        for launch in rank3_launches(x.shape, x.strides, out.strides, mask_shape, offset)
+    ]
+
+
 def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
     k0, k1 = (np.uint64(word) for word in philox_key(seed))
     threshold = np.uint64(threshold)
     scale_value, zero = _scalars(x.dtype, scale)
     n_mask = math.prod(mask_shape)
-    launches = list(rank3_launches(x.shape, x.strides, out.strides, mask_shape, offset))
+    rows = _row_views(x, out, mask_shape, offset)
+    # Bits are packed in the same pass when a single row covers the whole mask in order (its
+    # chunks then start on byte boundaries); otherwise in a second pass over the mask's words.
     fused_bits = (
-        bits is not None
-        and len(launches) == 1
-        and launches[0].mask_strides == (0, 0, 1)
-        and launches[0].shape[2] == n_mask
+        bits is not None and len(rows) == 1 and rows[0][2] == (0, 0, 1) and rows[0][0].shape[2] == n_mask
     )
     no_bits = np.empty(0, dtype=np.uint8)
+    select_rows = kernels.for_size(kernels.select_rows, x.size)
     with _kernel_lock:
-        for launch in launches:
-            x_view, out_view = _views(x, out, launch)
-            kernels.select_rows(
-                x_view, out_view, *launch.mask_strides, np.uint64(launch.word_offset), k0, k1,
+        for x_view, out_view, mask_strides, word_offset in rows:
+            select_rows(
+                x_view, out_view, *mask_strides, np.uint64(word_offset), k0, k1,
                 threshold, scale_value, zero, bits if fused_bits else no_bits, fused_bits,
             )
         if bits is not None and not fused_bits and n_mask:
-            kernels.pack_keep_bits(n_mask, np.uint64(offset), k0, k1, threshold, bits)
+            kernels.for_size(kernels.pack_keep_bits, n_mask)(n_mask, np.uint64(offset), k0, k1, threshold, bits)
 
 
 def apply_bits(dy, out, *, mask_shape, bits, scale):
     scale_value, zero = _scalars(dy.dtype, scale)
+    select_rows_from_bits = kernels.for_size(kernels.select_rows_from_bits, dy.size)
     with _kernel_lock:
         # With word offset 0, a launch's word offset is the mask's flat index of its first element.
         for launch in rank3_launches(dy.shape, dy.strides, out.strides, mask_shape, 0):
             dy_view, out_view = _views(dy, out, launch)
-            kernels.select_rows_from_bits(
+            select_rows_from_bits(
                 dy_view, out_view, launch.word_offset, *launch.mask_strides, bits, scale_value, zero
             )
 
@@ -99,10 +117,10 @@ def apply_bits(dy, out, *, mask_shape, bits, scale):
 def random_bits(out, *, seed, offset):
     k0, k1 = (np.uint64(word) for word in philox_key(seed))
     with _kernel_lock:
-        kernels.fill_random_bits(out, np.uint64(offset), k0, k1)
+        kernels.for_size(kernels.fill_random_bits, out.size)(out, np.uint64(offset), k0, k1)
 
 
 def keep_flags(out, *, seed, offset, threshold):
     k0, k1 = (np.uint64(word) for word in philox_key(seed))
     with _kernel_lock:
-        kernels.fill_keep_flags(out, np.uint64(offset), k0, k1, np.uint64(threshold))
+        kernels.for_size(kernels.fill_keep_flags, out.size)(out, np.uint64(offset), k0, k1, np.uint64(threshold))

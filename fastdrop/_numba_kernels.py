@@ -11,6 +11,8 @@ selected; a scalar Philox per element runs at about a fifth of copy speed.
 
 from __future__ import annotations
 
+import types
+
 import numba
 import numpy as np
 
@@ -30,6 +32,10 @@ _MASK32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
 
 _jit = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+
+#: Below this many elements a kernel runs on the calling thread: starting the parallel region
+#: costs more than it saves (and OpenMP's spinning threads cost much more on a busy machine).
+SERIAL_BELOW = 1 << 15
 
 
 @numba.njit(inline="always", **_jit)
@@ -220,3 +226,24 @@ def fill_keep_flags(out, word_offset, k0, k1, threshold):
         first = fill_words(words, word_offset + np.uint64(start), count, k0, k1)
         for j in range(count):
             out[start + j] = np.uint64(words[first + j]) < threshold
+
+
+def _serial_twin(kernel):
+    """The same kernel compiled without ``parallel`` (prange runs as range). A distinct qualname
+    keeps Numba's on-disk cache entries of the two apart."""
+    source = kernel.py_func
+    twin = types.FunctionType(source.__code__, source.__globals__, source.__name__ + "_serial")
+    twin.__qualname__ = source.__qualname__ + "_serial"
+    twin.__doc__ = source.__doc__
+    return numba.njit(**_jit)(twin)
+
+
+SERIAL = {
+    kernel: _serial_twin(kernel)
+    for kernel in (select_rows, select_rows_from_bits, pack_keep_bits, fill_random_bits, fill_keep_flags)
+}
+
+
+def for_size(kernel, n_elements: int):
+    """``kernel`` itself, or its serial twin for problems too small to share out."""
+    return SERIAL.get(kernel, kernel) if n_elements < SERIAL_BELOW else kernel
