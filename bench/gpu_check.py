@@ -2,29 +2,35 @@
 
     python bench/gpu_check.py [--json PATH] [--sizes 20,24,28] [--repeats 15] [--skip-tests]
 
-Runs ``pytest -m gpu``, then times, for float32, float16 and bfloat16 at 2**20, 2**24 and 2**28
-elements: fastdrop's forward and backward (from the seed), torch.nn.functional.dropout's forward
-and torch's dropout backward (``aten.native_dropout_backward``), and a device-to-device copy of
-the same bytes, all in the same run. Each figure is the median over repeats of CUDA-event time per
-call (calls issued back to back after warm-up, so at small sizes it includes the Python call);
-GB/s counts the bytes a dropout must move: the input read once and the output written once.
-Writes the same numbers as JSON (default $OUT/gpu_check.json when OUT is set).
+Runs ``pytest -m gpu`` (in a subprocess, with a time limit, its log written next to the JSON), then
+times, for float32, float16 and bfloat16 at 2**20, 2**24 and 2**28 elements: a device-to-device
+copy of the same bytes, torch.nn.functional.dropout's forward and torch's dropout backward
+(``aten.native_dropout_backward``), and fastdrop's forward and backward (from the seed), all in the
+same run. Each figure is the median over repeats of CUDA-event time per call (calls issued back
+to back after warm-up, so at small sizes it includes the Python call); GB/s counts the bytes a
+dropout must move: the input read once and the output written once. Writes the same numbers as
+JSON (default $OUT/gpu_check.json when OUT is set, else out/gpu_check.json), rewritten after
+every row, so a crash or a time-out still leaves everything measured until then. A failing test
+or measurement is recorded and the rest still runs.
 
-Needs only the repository copied (it puts the repo root on sys.path) and cupy, torch, numba,
-pytest and ml_dtypes installed.
+Needs only the repository copied (it puts the repo root on sys.path) and cupy, torch, numba and
+pytest installed; bfloat16 also needs ml_dtypes (skipped, and said so, without it).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,15 +38,45 @@ sys.path.insert(0, str(ROOT))
 
 P = 0.1
 SEED = 1234
+#: Test modules that need a package a bare GPU machine may lack; they hold no GPU tests.
+OPTIONAL_TEST_MODULES = {"hypothesis": "tests/test_properties.py", "scipy": "tests/test_statistics.py"}
 
 
-def run_gpu_tests() -> dict:
+def run_gpu_tests(log_path: Path, timeout_s: float) -> dict:
+    """``pytest -m gpu`` in a subprocess; the full log goes to ``log_path``, a summary back."""
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "--tb=short",
+               "-p", "no:cacheprovider", "--continue-on-collection-errors",
+               # CuPy warns at import when it cannot find the CUDA toolkit; the ini turns warnings
+               # into errors, which would fail the collection of every GPU test module.
+               "-W", "ignore::UserWarning:cupy._environment"]
+    for module, path in OPTIONAL_TEST_MODULES.items():
+        if importlib.util.find_spec(module) is None:
+            command.append(f"--ignore={path}")
+    command.append("tests")
     started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", "tests"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    return {"returncode": result.returncode, "seconds": round(time.perf_counter() - started, 1)}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    timed_out = False
+    with open(log_path, "w") as log:
+        log.write(" ".join(command) + "\n\n")
+        log.flush()
+        try:
+            returncode = subprocess.run(
+                command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
+            ).returncode
+        except subprocess.TimeoutExpired:
+            returncode, timed_out = None, True
+    text = log_path.read_text(errors="replace")
+    lines = text.splitlines()
+    summary = next((line.strip("= ") for line in reversed(lines)
+                    if re.search(r"\d+ (passed|failed|error|skipped|deselected)", line)), None)
+    failed = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    print("\n".join(lines[-40:]) if returncode != 0 else (summary or ""))
+    if timed_out:
+        print(f"GPU tests stopped after {timeout_s:.0f} s (see {log_path})")
+    return {"returncode": returncode, "timed_out": timed_out, "summary": summary,
+            "failed": failed[:300], "failed_count": len(failed),
+            "seconds": round(time.perf_counter() - started, 1), "log": str(log_path)}
 
 
 def _median_ms(run, calls: int, repeats: int, start_event, end_event, synchronize) -> float:
@@ -59,10 +95,24 @@ def _median_ms(run, calls: int, repeats: int, start_event, end_event, synchroniz
     return statistics.median(times)
 
 
-def measure(dtype_name: str, log2_n: int, repeats: int) -> list[dict]:
+def _cupy_input(cupy, np, dtype, n: int):
+    """Standard normal values of ``dtype`` and ones, made from raw bits for bfloat16 so that no
+    CuPy bfloat16 arithmetic is needed."""
+    x32 = cupy.random.standard_normal(n, dtype=np.float32)
+    if dtype.name == "bfloat16":
+        x = (x32.view(np.uint32) >> 16).astype(np.uint16).view(dtype)  # truncation: fine for timing
+        ones = cupy.full(n, 0x3F80, dtype=np.uint16).view(dtype)
+    else:
+        x = x32.astype(dtype)
+        ones = cupy.ones(n, dtype=dtype)
+    del x32
+    return x, ones
+
+
+def measure(dtype_name: str, log2_n: int, repeats: int) -> tuple[list[dict], list[str]]:
+    """Rows of the table for one dtype and size, and the errors met (each timing on its own)."""
     import cupy
     import numpy as np
-    import torch
 
     import fastdrop
 
@@ -73,52 +123,66 @@ def measure(dtype_name: str, log2_n: int, repeats: int) -> list[dict]:
         cupy_dtype = np.dtype(ml_dtypes.bfloat16)
     else:
         cupy_dtype = np.dtype(dtype_name)
-    torch_dtype = getattr(torch, dtype_name)
     calls = max(1, 2**24 // n)  # enough back-to-back calls to swamp event resolution
     nbytes = n * cupy_dtype.itemsize
     moved = 2 * nbytes  # read the input once, write the output once
+    results: dict[str, float] = {}
+    errors: list[str] = []
 
-    x = cupy.random.standard_normal(n, dtype=np.float32).astype(cupy_dtype)
-    y = cupy.empty_like(x)
-    dy = cupy.ones_like(x)
-    dx = cupy.empty_like(x)
-    _, mask = fastdrop.dropout(x, P, seed=SEED, out=y)
+    def timed(name, run, events):
+        try:
+            results[name] = _median_ms(run, calls, repeats, *events)
+        except Exception as error:  # recorded; the next timing still runs
+            errors.append(f"{dtype_name} 2^{log2_n} {name}: {type(error).__name__}: {error}")
+            traceback.print_exc()
 
-    cupy_events = (cupy.cuda.Event(), cupy.cuda.Event(), cupy.cuda.Device().synchronize)
-    results = {}
-    results["copy"] = _median_ms(
-        lambda: y.data.copy_from_device_async(x.data, nbytes), calls, repeats, *cupy_events)
-    results["fastdrop forward"] = _median_ms(
-        lambda: fastdrop.dropout(x, P, seed=SEED, out=y), calls, repeats, *cupy_events)
-    results["fastdrop forward, offset 3"] = _median_ms(
-        lambda: fastdrop.dropout(x, P, seed=SEED, offset=3, out=y), calls, repeats, *cupy_events)
-    results["fastdrop backward"] = _median_ms(
-        lambda: fastdrop.dropout_backward(dy, mask, out=dx), calls, repeats, *cupy_events)
-    del x, y, dy, dx
-    cupy.get_default_memory_pool().free_all_blocks()
+    # torch first: its numbers stay valid even if a fastdrop kernel later breaks the context.
+    try:
+        import torch
 
-    tx = torch.randn(n, device="cuda", dtype=torch.float32).to(torch_dtype)
-    tdy = torch.ones_like(tx)
-    _, tmask = torch.ops.aten.native_dropout(tx, P, True)
-    torch_events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
-                    torch.cuda.synchronize)
-    results["torch forward"] = _median_ms(
-        lambda: torch.nn.functional.dropout(tx, P, training=True), calls, repeats, *torch_events)
-    results["torch backward"] = _median_ms(
-        lambda: torch.ops.aten.native_dropout_backward(tdy, tmask, 1.0 / (1.0 - P)),
-        calls, repeats, *torch_events)
-    del tx, tdy, tmask
-    torch.cuda.empty_cache()
+        torch_dtype = getattr(torch, dtype_name)
+        tx = torch.randn(n, device="cuda", dtype=torch.float32).to(torch_dtype)
+        tdy = torch.ones_like(tx)
+        _, tmask = torch.ops.aten.native_dropout(tx, P, True)
+        torch_events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
+                        torch.cuda.synchronize)
+        timed("torch forward", lambda: torch.nn.functional.dropout(tx, P, training=True), torch_events)
+        timed("torch backward",
+              lambda: torch.ops.aten.native_dropout_backward(tdy, tmask, 1.0 / (1.0 - P)), torch_events)
+        del tx, tdy, tmask
+        torch.cuda.empty_cache()
+    except Exception as error:
+        errors.append(f"{dtype_name} 2^{log2_n} torch: {type(error).__name__}: {error}")
+        traceback.print_exc()
+
+    try:
+        x, dy = _cupy_input(cupy, np, cupy_dtype, n)
+        y = cupy.empty_like(x)
+        dx = cupy.empty_like(x)
+        cupy_events = (cupy.cuda.Event(), cupy.cuda.Event(), cupy.cuda.Device().synchronize)
+        timed("copy", lambda: y.data.copy_from_device_async(x.data, nbytes), cupy_events)
+        _, mask = fastdrop.dropout(x, P, seed=SEED, out=y)
+        timed("fastdrop forward", lambda: fastdrop.dropout(x, P, seed=SEED, out=y), cupy_events)
+        timed("fastdrop forward, offset 3",
+              lambda: fastdrop.dropout(x, P, seed=SEED, offset=3, out=y), cupy_events)
+        timed("fastdrop backward", lambda: fastdrop.dropout_backward(dy, mask, out=dx), cupy_events)
+        del x, y, dy, dx
+        cupy.get_default_memory_pool().free_all_blocks()
+    except Exception as error:
+        errors.append(f"{dtype_name} 2^{log2_n} cupy: {type(error).__name__}: {error}")
+        traceback.print_exc()
 
     rows = []
     for name, ms in results.items():
+        baseline = results.get("torch backward" if "backward" in name else "torch forward")
+        copy = results.get("copy")
         rows.append({
             "dtype": dtype_name, "log2_n": log2_n, "what": name, "ms": ms,
             "GB/s": moved / (ms * 1e-3) / 1e9,
-            "of copy": results["copy"] / ms,
-            "vs torch": (results["torch backward"] if "backward" in name else results["torch forward"]) / ms,
+            "of copy": copy / ms if copy else None,
+            "vs torch": baseline / ms if baseline else None,
         })
-    return rows
+    return rows, errors
 
 
 def device_description() -> dict:
@@ -133,39 +197,76 @@ def device_description() -> dict:
     }
 
 
+def _ratio(value) -> str:
+    return f"{value:>8.3f}" if value is not None else f"{'-':>8}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    default_json = str(Path(os.environ["OUT"]) / "gpu_check.json") if os.environ.get("OUT") else None
-    parser.add_argument("--json", default=default_json, help="where to write the results as JSON")
+    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "out"  # /out/ is git-ignored
+    parser.add_argument("--json", default=str(out_dir / "gpu_check.json"),
+                        help="where to write the results as JSON (the test log goes beside it)")
     parser.add_argument("--sizes", default="20,24,28", help="log2 of the element counts")
     parser.add_argument("--dtypes", default="float32,float16,bfloat16")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--skip-tests", action="store_true", help="only the throughput table")
+    parser.add_argument("--test-timeout", type=float, default=200.0,
+                        help="seconds the GPU tests may take before they are stopped")
     args = parser.parse_args(argv)
+    json_path = Path(args.json)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
 
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "host": platform.node(), "p": P}
-    report["tests"] = None if args.skip_tests else run_gpu_tests()
+              "host": platform.node(), "p": P, "tests": None, "device": None, "rows": [],
+              "errors": [], "skipped": []}
 
-    import torch
+    def save():
+        json_path.write_text(json.dumps(report, indent=2))
 
-    report["device"] = device_description()
-    report["torch"] = torch.__version__
-    rows = []
+    save()
+    if not args.skip_tests:
+        report["tests"] = run_gpu_tests(json_path.with_name("gpu_tests.log"), args.test_timeout)
+        save()
+
+    try:
+        report["device"] = device_description()
+    except Exception as error:
+        report["errors"].append(f"device: {type(error).__name__}: {error}")
+        report["device"] = {"gpu": "unknown"}
+    try:
+        import torch
+
+        report["torch"] = torch.__version__
+    except Exception as error:
+        report["errors"].append(f"torch: {type(error).__name__}: {error}")
+    save()
+
     print(f"\n{report['device']['gpu']}, p = {P}; GB/s = (input + output bytes) / time")
     print(f"{'dtype':<9} {'n':>5} {'what':<28} {'ms':>9} {'GB/s':>8} {'of copy':>8} {'vs torch':>8}")
     for dtype_name in args.dtypes.split(","):
+        if dtype_name == "bfloat16" and importlib.util.find_spec("ml_dtypes") is None:
+            report["skipped"].append("bfloat16: ml_dtypes is not installed (CuPy needs it for bfloat16)")
+            print(report["skipped"][-1])
+            continue
         for log2_n in (int(s) for s in args.sizes.split(",")):
-            for row in measure(dtype_name, log2_n, args.repeats):
-                rows.append(row)
+            try:
+                rows, errors = measure(dtype_name, log2_n, args.repeats)
+            except Exception as error:
+                rows, errors = [], [f"{dtype_name} 2^{log2_n}: {type(error).__name__}: {error}"]
+                traceback.print_exc()
+            for row in rows:
+                report["rows"].append(row)
                 print(f"{row['dtype']:<9} 2^{row['log2_n']:<3} {row['what']:<28} {row['ms']:>9.4f} "
-                      f"{row['GB/s']:>8.1f} {row['of copy']:>8.3f} {row['vs torch']:>8.3f}")
-    report["rows"] = rows
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
-    return 0 if report["tests"] is None or report["tests"]["returncode"] == 0 else 1
+                      f"{row['GB/s']:>8.1f} {_ratio(row['of copy'])} {_ratio(row['vs torch'])}")
+            for error in errors:
+                print(f"ERROR {error}")
+            report["errors"] += errors
+            save()
+    print(f"wrote {json_path}")
+    if report["tests"] is not None:
+        print(f"GPU tests: {report['tests']['summary']} (log: {report['tests']['log']})")
+    failed = report["errors"] or (report["tests"] is not None and report["tests"]["returncode"] != 0)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

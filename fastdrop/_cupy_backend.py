@@ -206,9 +206,12 @@ def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
         return
     n_mask = math.prod(mask_shape)
     launches = list(rank3_launches(x.shape, x.strides, out.strides, mask_shape, offset))
+    # Fused only for one row whose element index is the mask index. (A mask broadcast over
+    # leading axes also has mask strides (0, 0, 1), but then every row would write the same bytes.)
     fused = (
         bits is not None
         and len(launches) == 1
+        and launches[0].shape[:2] == (1, 1)
         and launches[0].mask_strides == (0, 0, 1)
         and launches[0].shape[2] == n_mask
     )

@@ -7,6 +7,7 @@ does not preserve, so NaNs get their own test.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import subprocess
@@ -50,22 +51,44 @@ def _dtype(name):
         ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 arrays need ml_dtypes")
         dtype = np.dtype(ml_dtypes.bfloat16)
         try:
-            cupy.zeros(1, dtype=dtype)
+            cupy.zeros(1, dtype=np.uint16).view(dtype)
         except Exception as error:  # CuPy < 14 has no bfloat16 arrays
             pytest.skip(f"this CuPy cannot hold bfloat16 arrays ({error})")
         return dtype
     return np.dtype(name)
 
 
+_UNSIGNED = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
 def _raw(array):
     """The bits of a float array as unsigned integers, for exact comparison (-0, subnormals)."""
     array = np.ascontiguousarray(array)
-    return array.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[array.dtype.itemsize])
+    return array.view(_UNSIGNED[array.dtype.itemsize])
+
+
+def _device_raw(array):
+    """The bits of a CuPy float array, copied to the host as unsigned integers.
+
+    Goes through an unsigned view so that no CuPy conversion of the float dtype is involved
+    (CuPy's bfloat16 support is young; the kernels only ever see raw bits anyway).
+    """
+    return cupy.asnumpy(array.view(_UNSIGNED[array.dtype.itemsize]))
+
+
+def _to_device(host):
+    """Upload the raw bits of a C-contiguous host array and view them with its dtype."""
+    host = np.ascontiguousarray(host)
+    return cupy.asarray(host.view(_UNSIGNED[host.dtype.itemsize])).view(host.dtype)
 
 
 def _host_and_device(shape, dtype, seed=0):
     host = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
-    return host, cupy.asarray(host)
+    device = _to_device(host)
+    # cupy.asarray copies asynchronously on the current stream; tests that switch streams rely
+    # on the data being there.
+    cupy.cuda.get_current_stream().synchronize()
+    return host, device
 
 
 # Each case: id, base shape, view of the base (applied identically to NumPy and CuPy), mask_shape.
@@ -82,6 +105,9 @@ CASES = [
     ("strided", (40, 70), lambda a: a[::2, 1::3], None),
     ("transposed", (33, 65), lambda a: a.T, None),
     ("misaligned", (4100,), lambda a: a[1:], None),
+    # 16 bytes or more into the allocation, still 16-byte aligned: the vector path on a view.
+    ("aligned-view", (4108,), lambda a: a[8:], None),
+    ("aligned-rows", (9, 64), lambda a: a[2:], None),
     ("reversed", (1001,), lambda a: a[::-1], None),
     ("strided-mask", (12, 40), lambda a: a[:, ::3], (12, 1)),
 ]
@@ -108,7 +134,7 @@ def test_forward_backward_match_reference(dtype_name, case, offset):
     seed = 0x1234_5678_9ABC_DEF0 + offset
     y, mask = fastdrop.dropout(device, p, seed=seed, offset=offset, mask_shape=mask_shape, keep_bits=True)
     expected = reference.dropout(host, p, seed=seed, offset=offset, mask_shape=mask_shape)
-    np.testing.assert_array_equal(_raw(cupy.asnumpy(y)), _raw(expected))
+    np.testing.assert_array_equal(_device_raw(y), _raw(expected))
 
     keep = reference.keep_mask(mask.shape, p, seed=seed, offset=offset)
     np.testing.assert_array_equal(cupy.asnumpy(mask.bits), reference.pack_bits(keep))
@@ -120,8 +146,8 @@ def test_forward_backward_match_reference(dtype_name, case, offset):
     _, seed_only = fastdrop.dropout(device, p, seed=seed, offset=offset, mask_shape=mask_shape)
     from_seed = fastdrop.dropout_backward(dy, seed_only)
     np.testing.assert_array_equal(cupy.asnumpy(seed_only.to_array(like=device)), keep)  # keep_flags kernel
-    np.testing.assert_array_equal(_raw(cupy.asnumpy(from_bits)), _raw(expected_dx))
-    np.testing.assert_array_equal(_raw(cupy.asnumpy(from_seed)), _raw(expected_dx))
+    np.testing.assert_array_equal(_device_raw(from_bits), _raw(expected_dx))
+    np.testing.assert_array_equal(_device_raw(from_seed), _raw(expected_dx))
 
 
 @gpu_test
@@ -134,7 +160,7 @@ def test_in_place(dtype_name, layout):
         host, device = host[:, ::2], device[:, ::2]
     y, _ = fastdrop.dropout(device, 0.3, seed=5, offset=7, out=device)
     assert y is device
-    np.testing.assert_array_equal(_raw(cupy.asnumpy(device)), _raw(reference.dropout(host, 0.3, seed=5, offset=7)))
+    np.testing.assert_array_equal(_device_raw(device), _raw(reference.dropout(host, 0.3, seed=5, offset=7)))
 
 
 @gpu_test
@@ -144,7 +170,7 @@ def test_edge_probabilities(dtype_name, p):
     dtype = _dtype(dtype_name)
     host, device = _host_and_device((1031,), dtype)
     y, mask = fastdrop.dropout(device, p, seed=3, offset=1, keep_bits=True)
-    np.testing.assert_array_equal(_raw(cupy.asnumpy(y)), _raw(reference.dropout(host, p, seed=3, offset=1)))
+    np.testing.assert_array_equal(_device_raw(y), _raw(reference.dropout(host, p, seed=3, offset=1)))
     keep = reference.keep_mask(host.shape, p, seed=3, offset=1)
     np.testing.assert_array_equal(cupy.asnumpy(mask.bits), reference.pack_bits(keep))
 
@@ -154,8 +180,8 @@ def test_edge_probabilities(dtype_name, p):
 def test_dropped_nan_and_inf_give_zero(dtype_name):
     dtype = _dtype(dtype_name)
     values = np.array([np.nan, np.inf, -np.inf] * 300).astype(dtype)
-    y, mask = fastdrop.dropout(cupy.asarray(values), 0.5, seed=11, keep_bits=True)
-    y = cupy.asnumpy(y)
+    y, mask = fastdrop.dropout(_to_device(values), 0.5, seed=11, keep_bits=True)
+    y = _device_raw(y).view(dtype)
     keep = reference.keep_mask(values.shape, 0.5, seed=11)
     assert np.all(_raw(y)[~keep] == 0)  # +0, whatever was dropped
     kept = y[keep].astype(np.float64)
@@ -163,24 +189,73 @@ def test_dropped_nan_and_inf_give_zero(dtype_name):
     np.testing.assert_array_equal(kept[~np.isnan(kept)], values[keep].astype(np.float64)[~np.isnan(kept)])
 
 
+LARGE_N = 3 * 2**20 + 5  # above the one-block-per-SM grid's threads x elements, for any GPU
+
+
+@functools.lru_cache(maxsize=16)
+def _reference_keep(shape, p, seed, offset):
+    keep = reference.keep_mask(shape, p, seed=seed, offset=offset)
+    keep.flags.writeable = False
+    return keep
+
+
+def _expected(host, keep, p):
+    """reference.dropout with a precomputed keep mask (the reference's own select)."""
+    return reference._apply(host, keep, p)
+
+
+def _small_grid(monkeypatch, grid):
+    from fastdrop import _cupy_backend
+
+    if grid != "default":  # each warp (contiguous) or thread (others) loops over many items
+        monkeypatch.setattr(_cupy_backend, "BLOCKS_PER_SM", 1)
+        monkeypatch.setattr(_cupy_backend, "MIN_TILES_PER_WARP", 1)
+
+
 @gpu_test
-@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("dtype_name", DTYPES)
 @pytest.mark.parametrize("offset", [0, 1, 2, 3])
 @pytest.mark.parametrize("grid", ["default", "one-block-per-sm"])
 def test_launch_configuration_does_not_change_the_mask(dtype_name, offset, grid, monkeypatch):
     """Large arrays, and a tiny grid so that each warp walks many tiles (the carried block)."""
-    from fastdrop import _cupy_backend
-
-    if grid != "default":
-        monkeypatch.setattr(_cupy_backend, "BLOCKS_PER_SM", 1)
-        monkeypatch.setattr(_cupy_backend, "MIN_TILES_PER_WARP", 1)
+    _small_grid(monkeypatch, grid)
     dtype = _dtype(dtype_name)
-    n = 3 * 2**20 + 5
-    host, device = _host_and_device((n,), dtype)
+    host, device = _host_and_device((LARGE_N,), dtype)
+    keep = _reference_keep((LARGE_N,), 0.25, 99, offset)
     y, mask = fastdrop.dropout(device, 0.25, seed=99, offset=offset, keep_bits=True)
-    np.testing.assert_array_equal(_raw(cupy.asnumpy(y)), _raw(reference.dropout(host, 0.25, seed=99, offset=offset)))
-    keep = reference.keep_mask((n,), 0.25, seed=99, offset=offset)
+    np.testing.assert_array_equal(_device_raw(y), _raw(_expected(host, keep, 0.25)))
     np.testing.assert_array_equal(cupy.asnumpy(mask.bits), reference.pack_bits(keep))
+    dx = fastdrop.dropout_backward(device, mask)  # apply_bits, contiguous
+    np.testing.assert_array_equal(_device_raw(dx), _raw(_expected(host, keep, 0.25)))
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("grid", ["default", "one-block-per-sm"])
+def test_launch_configuration_other_kernels(dtype_name, grid, monkeypatch):
+    """The grid-stride loops of the strided, bit packing, keep flag and random word kernels."""
+    _small_grid(monkeypatch, grid)
+    dtype = _dtype(dtype_name)
+    base_host, base = _host_and_device((LARGE_N + 1,), dtype)
+    host, device = base_host[1:], base[1:]  # misaligned: the strided kernel, bits fused
+    keep = _reference_keep((LARGE_N,), 0.25, 99, 3)
+    y, mask = fastdrop.dropout(device, 0.25, seed=99, offset=3, keep_bits=True)
+    np.testing.assert_array_equal(_device_raw(y), _raw(_expected(host, keep, 0.25)))
+    np.testing.assert_array_equal(cupy.asnumpy(mask.bits), reference.pack_bits(keep))
+    dx = fastdrop.dropout_backward(device, mask)  # apply_bits, strided
+    np.testing.assert_array_equal(_device_raw(dx), _raw(_expected(host, keep, 0.25)))
+
+    _, seed_only = fastdrop.dropout(device, 0.25, seed=99, offset=3)
+    np.testing.assert_array_equal(cupy.asnumpy(seed_only.to_array(like=device)), keep)  # keep_flags
+    words = fastdrop.random_bits(LARGE_N, seed=99, offset=3, like=device)
+    np.testing.assert_array_equal(cupy.asnumpy(words), reference.random_bits(LARGE_N, seed=99, offset=3))
+
+    rows = (LARGE_N - 1) // 2  # a mask broadcast along the last axis: the bit packing kernel
+    host2, device2 = base_host[1:LARGE_N].reshape(rows, 2), base[1:LARGE_N].reshape(rows, 2)
+    keep2 = _reference_keep((rows, 1), 0.25, 99, 1)
+    y2, mask2 = fastdrop.dropout(device2, 0.25, seed=99, offset=1, mask_shape=(rows, 1), keep_bits=True)
+    np.testing.assert_array_equal(_device_raw(y2), _raw(_expected(host2, keep2, 0.25)))
+    np.testing.assert_array_equal(cupy.asnumpy(mask2.bits), reference.pack_bits(keep2))
 
 
 @gpu_test
@@ -254,7 +329,52 @@ def test_runs_on_the_current_stream():
     with stream:
         y, _ = fastdrop.dropout(device, 0.5, seed=8, offset=2)
         stream.synchronize()
-    np.testing.assert_array_equal(_raw(cupy.asnumpy(y)), _raw(reference.dropout(host, 0.5, seed=8, offset=2)))
+    np.testing.assert_array_equal(_device_raw(y), _raw(reference.dropout(host, 0.5, seed=8, offset=2)))
+
+
+@gpu_test
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_kernels_are_captured_on_the_current_stream(layout):
+    """Under CUDA graph capture of the current stream, a kernel sent to the legacy default stream
+    breaks the capture and one sent to any other stream runs at once (changing `out` before the
+    graph is launched): only launches on the current stream pass. (The plain stream test above
+    would pass either way.)"""
+    host, device = _host_and_device((2**16 + 3,), np.float32)
+    if layout == "strided":
+        host, device = host[1:], device[1:]
+    out = cupy.empty(device.shape, dtype=np.float32)
+    fastdrop.dropout(device, 0.5, seed=8, offset=2, out=out)  # compile and cache outside the capture
+    out.fill(7.0)
+    cupy.cuda.Device().synchronize()
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        try:
+            fastdrop.dropout(device, 0.5, seed=8, offset=2, out=out)
+        finally:
+            graph = stream.end_capture()
+    assert bool((out == 7.0).all()), "a fastdrop kernel ran outside the captured (current) stream"
+    graph.launch(stream)
+    stream.synchronize()
+    np.testing.assert_array_equal(_device_raw(out), _raw(reference.dropout(host, 0.5, seed=8, offset=2)))
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("which", ["out", "x"])
+def test_alignment_of_either_array_picks_a_correct_path(dtype_name, which):
+    """x aligned and out misaligned (or the reverse): the vector kernel must not be used."""
+    dtype = _dtype(dtype_name)
+    host, device = _host_and_device((2051,), dtype)
+    unsigned = _UNSIGNED[dtype.itemsize]
+    other = cupy.zeros(2052, dtype=unsigned)[1:]  # one element into a fresh allocation
+    if which == "x":
+        other[...] = device.view(unsigned)
+        x, out = other.view(dtype), device
+    else:
+        x, out = device, other.view(dtype)
+    fastdrop.dropout(x, 0.5, seed=21, offset=5, out=out)
+    np.testing.assert_array_equal(_device_raw(out), _raw(reference.dropout(host, 0.5, seed=21, offset=5)))
 
 
 # --- without a GPU ------------------------------------------------------------------------------
