@@ -11,7 +11,7 @@ import math
 
 __all__ = ["SGD", "Adam", "make_optimizer", "DEFAULT_LEARNING_RATES"]
 
-#: What ``--lr`` defaults to for each optimizer (peak of the cosine schedule in fastdrop.train).
+#: What ``--lr`` defaults to for each optimizer (the constant rate, or the peak of a schedule).
 DEFAULT_LEARNING_RATES = {"sgd": 0.05, "adam": 1e-3}
 
 

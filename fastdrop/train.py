@@ -3,7 +3,7 @@
 A from-scratch trainer (no torch) on NumPy with fastdrop's CPU kernels, or on CuPy with its GPU
 kernels (``--device gpu``). ``--compare`` trains the same network from the same initial weights and
 data order with dropout (p = 0.5 after each hidden layer) and without, then prints the article's
-table. The defaults are chosen so that dropout reaches at least 98.3% validation accuracy.
+table: train and validation accuracy and their gap, test accuracy, seconds per training epoch.
 
 Everything is deterministic given ``--seed`` (on one machine and thread count): initial weights,
 minibatch order and the dropout stream (``fastdrop.manual_seed``) all derive from it.
@@ -34,7 +34,10 @@ TRAIN_ACCURACY_PROBE = 10_000
 # Normalisation constants of MNIST's training pixels (mean and standard deviation of x / 255).
 PIXEL_MEAN, PIXEL_STD = 0.1307, 0.3081
 
-DEFAULTS = {"epochs": 30, "batch_size": 128, "dropout": 0.5, "optimizer": "sgd"}
+# Adam at a constant rate, as the article's frameworks train by default. With a cosine schedule to 0
+# the network without dropout is driven to zero training loss and validates at 98.4-98.5%, more
+# than with dropout (98.3%): the article's comparison assumes training that does not anneal.
+DEFAULTS = {"epochs": 100, "batch_size": 128, "dropout": 0.5, "optimizer": "adam", "schedule": "constant"}
 
 
 def parse_args(argv):
@@ -43,26 +46,31 @@ def parse_args(argv):
         description="Train the dropout article's 784-256-256-10 MLP on MNIST (validation: the last "
         "10,000 training images; the test set is reported separately).",
     )
-    parser.add_argument("--compare", action="store_true", help="train with and without dropout and print the table")
-    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="passes over the training set (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights, data order and dropout masks (default %(default)s)")
-    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="cpu: NumPy + Numba; gpu: CuPy")
-    parser.add_argument("--data-dir", help="folder with the four MNIST .gz files (else $FASTDROP_DATA, the cache, a download)")
-    parser.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
-    parser.add_argument("--optimizer", choices=("sgd", "adam"), default=DEFAULTS["optimizer"], help="sgd: with momentum 0.9 (default)")
-    parser.add_argument("--lr", type=float, help="peak learning rate of the cosine schedule (default: sgd 0.05, adam 0.001)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="minibatch size (default %(default)s)")
-    parser.add_argument("--dropout", type=float, default=DEFAULTS["dropout"], help="drop rate after each hidden layer (default %(default)s)")
-    parser.add_argument("--input-dropout", type=float, default=0.0, help="drop rate on the input pixels, e.g. 0.2 (default off)")
-    parser.add_argument("--limit", type=int, help="use only the first LIMIT images of each split (quick checks)")
-    parser.add_argument("--json", metavar="PATH", help="write the results and per-epoch history as JSON")
-    parser.add_argument("--plot", metavar="PATH.png", help="draw the learning curves")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    add = parser.add_argument
+    add("--compare", action="store_true", help="train with and without dropout, print the table")
+    add("--epochs", type=int, default=DEFAULTS["epochs"], help="passes over the training set (default %(default)s)")
+    add("--seed", type=int, default=0, help="seed of weights, data order and dropout masks (default %(default)s)")
+    add("--device", choices=("cpu", "gpu"), default="cpu", help="cpu: NumPy + Numba (default); gpu: CuPy")
+    add("--data-dir", help="folder with the four MNIST .gz files (else $FASTDROP_DATA, the cache, a download)")
+    add("--no-download", action="store_true", help="fail instead of downloading missing files")
+    add("--optimizer", choices=("sgd", "adam"), default=DEFAULTS["optimizer"], help="sgd has momentum 0.9 (default %(default)s)")
+    add("--lr", type=float, help="(peak) learning rate (default: " + ", ".join(
+        f"{name} {rate:g}" for name, rate in DEFAULT_LEARNING_RATES.items()) + ")")
+    add("--schedule", choices=("cosine", "constant"), default=DEFAULTS["schedule"], help="learning rate over the run (default %(default)s)")
+    add("--batch-size", type=int, default=DEFAULTS["batch_size"], help="minibatch size (default %(default)s)")
+    add("--dropout", type=float, default=DEFAULTS["dropout"], help="drop rate after each hidden layer (default %(default)s)")
+    add("--input-dropout", type=float, default=0.0, help="drop rate of the input pixels, e.g. 0.2 (default off)")
+    add("--limit", type=int, help="use only the first LIMIT images of each split (quick checks)")
+    add("--json", metavar="PATH", help="write the results and per-epoch history as JSON")
+    add("--plot", metavar="PATH.png", help="draw the learning curves")
+    add("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be at least 1, got {args.limit}")
     for name in ("dropout", "input_dropout"):
         value = getattr(args, name)
         if not 0.0 <= value < 1.0:
@@ -100,8 +108,11 @@ def prepare_splits(data: mnist.Mnist, xp, limit=None):
     }
 
 
-def cosine_learning_rate(peak: float, step: int, total_steps: int) -> float:
-    """Half a cosine from ``peak`` down to 0: no schedule parameters to tune beyond the peak."""
+def scheduled_learning_rate(schedule: str, peak: float, step: int, total_steps: int) -> float:
+    """``constant``: always ``peak``. ``cosine``: half a cosine from ``peak`` down to 0, which has no
+    parameters to tune beyond the peak."""
+    if schedule == "constant":
+        return peak
     return 0.5 * peak * (1.0 + math.cos(math.pi * step / total_steps))
 
 
@@ -184,7 +195,7 @@ def train_run(name: str, splits, xp, *, args, hidden_dropout: float, input_dropo
             started = time.perf_counter()
             loss_sum = train_epoch(
                 model, optimizer, train_images, train_labels, order, batch_size=args.batch_size,
-                learning_rate=lambda step: cosine_learning_rate(args.lr, first_step + step, total_steps),
+                learning_rate=lambda step: scheduled_learning_rate(args.schedule, args.lr, first_step + step, total_steps),
             )
             _synchronize(xp)
             seconds = time.perf_counter() - started
@@ -221,7 +232,7 @@ def train_run(name: str, splits, xp, *, args, hidden_dropout: float, input_dropo
             "batch_size": args.batch_size,
             "optimizer": args.optimizer,
             "lr": args.lr,
-            "schedule": "cosine",
+            "schedule": args.schedule,
             "seed": args.seed,
             "device": args.device,
             "train_size": count,

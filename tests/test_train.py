@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,15 @@ needs_mnist = pytest.mark.skipif(
     not all((SHARED_MNIST / name).is_file() for name, _ in mnist.FILES.values()),
     reason=f"the canonical MNIST files are not in {SHARED_MNIST}",
 )
+
+
+@pytest.fixture(autouse=True)
+def _restore_omp_wait_policy(monkeypatch):
+    """main() sets OMP_WAIT_POLICY for its process; hand the rest of the session its own back."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        monkeypatch.setenv("OMP_WAIT_POLICY", os.environ["OMP_WAIT_POLICY"])
+    else:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
 
 
 @pytest.fixture(scope="module")
