@@ -144,9 +144,14 @@ def select_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k
             i1 = row - i0 * n1
             g = word_offset + np.uint64(i0 * mask_stride0 + i1 * mask_stride1)
             keep = word_at(g, k0, k1) < threshold
-            for i2 in range(n2):
-                value = x[i0, i1, i2] * scale
-                out[i0, i1, i2] = value if keep else zero
+            x_row = x[i0, i1, :]
+            out_row = out[i0, i1, :]
+            if keep:
+                for i2 in range(n2):
+                    out_row[i2] = x_row[i2] * scale
+            else:
+                for i2 in range(n2):
+                    out_row[i2] = zero
         return
     chunks_per_row = (n2 + CHUNK - 1) // CHUNK
     for task in numba.prange(rows * chunks_per_row):
