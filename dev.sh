@@ -10,12 +10,17 @@ venv="${FASTDROP_VENV:-.venv}"
 python="$venv/bin/python"
 
 setup() {
-    if [ ! -x "$python" ]; then
-        python3 -m venv "$venv"
+    # A venv whose pip is missing (python3-venv absent when it was made) is rebuilt, not reused.
+    if [ ! -x "$python" ] || ! "$python" -m pip --version >/dev/null 2>&1; then
+        rm -rf "$venv"
+        if ! python3 -m venv "$venv"; then
+            echo "dev.sh: 'python3 -m venv' failed; on Debian/Ubuntu install python3-venv" >&2
+            exit 1
+        fi
     fi
     local stamp="$venv/.fastdrop-installed"
     local want
-    want="$(cat pyproject.toml dev.sh | sha256sum | cut -d' ' -f1)"
+    want="$("$python" -c 'import hashlib, sys; print(hashlib.sha256(b"".join(open(f, "rb").read() for f in sys.argv[1:])).hexdigest())' pyproject.toml dev.sh)"
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         "$python" -m pip install --quiet --upgrade pip
         # torch is pinned here, not in the library: 2.13.0 is the CPU build this project tests with.

@@ -21,8 +21,7 @@ def _check_float(array, name: str, backend) -> None:
 
 def _resolve_seed(seed, offset, n_words: int) -> tuple[int, int]:
     if seed is None:
-        if offset != 0:
-            _validate.offset(offset, n_words)  # a bad offset is still reported as such
+        if _validate.offset(offset, n_words) != 0:
             raise ValueError("offset needs an explicit seed; with seed=None fastdrop's stream picks both")
         return _stream.take(n_words)
     return _validate.seed(seed), _validate.offset(offset, n_words)
@@ -52,11 +51,12 @@ def dropout(x, p, *, seed=None, offset=0, mask_shape=None, keep_bits=False, out=
     p = _validate.probability(p)
     shape = _validate.mask_shape(mask_shape, tuple(x.shape))
     n_mask = math.prod(shape)
+    keep_bits = _validate.flag(keep_bits, "keep_bits")
     in_place = out is not None and _validate.output(out, x)
-    seed, offset = _resolve_seed(seed, offset, n_mask)
-
     y = backend.empty_like(x) if out is None else out
     bits = backend.zeros((n_mask + 7) // 8, np.uint8) if keep_bits else None
+    # Last of all, so that a call refused above has not spent any of the module stream.
+    seed, offset = _resolve_seed(seed, offset, n_mask)
     if is_identity(p):
         if not in_place:
             y[...] = x
@@ -82,7 +82,7 @@ def dropout_backward(dy, mask, *, out=None):
     regenerated from its seed (or read from ``mask.bits`` when they were stored)."""
     if not isinstance(mask, DropoutMask):
         raise TypeError(f"mask must be a fastdrop.DropoutMask; got {type(mask).__name__}")
-    backend = _backend.backend_for(dy)
+    backend = _backend.backend_for(dy, "dy")
     _check_float(dy, "dy", backend)
     if tuple(dy.shape) != mask.input_shape:
         raise ValueError(f"dy has shape {tuple(dy.shape)}; the mask was made for input shape {mask.input_shape}")
@@ -114,7 +114,7 @@ def random_bits(n, *, seed, offset=0, like=None):
     n = _validate.count(n, "n")
     seed = _validate.seed(seed)
     offset = _validate.offset(offset, n)
-    backend = _backend.backend_for(np.empty(0) if like is None else like)
+    backend = _backend.backend_for(np.empty(0) if like is None else like, "like")
     words = backend.empty(n, np.uint32)
     if n:
         backend.random_bits(words, seed=seed, offset=offset)

@@ -30,18 +30,23 @@ _BACKEND_MODULES = {
 
 
 def array_library(array) -> str:
-    """The top-level module name of an array's type ('numpy', 'cupy', ...), importing nothing."""
+    """The top-level module of the array library behind ``array``'s type ('numpy', 'cupy', ...),
+    found along its class hierarchy so that subclasses defined elsewhere count; imports nothing."""
+    for cls in type(array).__mro__:
+        library = cls.__module__.partition(".")[0]
+        if library in _BACKEND_MODULES:
+            return library
     return type(array).__module__.partition(".")[0]
 
 
-def backend_for(array) -> ModuleType:
-    """The backend module that runs kernels on ``array``; TypeError for unsupported arrays."""
+def backend_for(array, name: str = "x") -> ModuleType:
+    """The backend module that runs kernels on ``array``; TypeError naming ``name`` otherwise."""
     library = array_library(array)
     try:
         module_name = _BACKEND_MODULES[library]
     except KeyError:
         raise TypeError(
-            f"fastdrop runs on numpy.ndarray and cupy.ndarray; got {type(array).__module__}."
+            f"{name} must be a numpy.ndarray or cupy.ndarray; got {type(array).__module__}."
             f"{type(array).__qualname__}"
         ) from None
     return importlib.import_module(module_name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from fastdrop import _backend
+from fastdrop import _backend, _validate
 from fastdrop._contract import keep_threshold
 
 
@@ -20,11 +20,25 @@ class DropoutMask:
     __slots__ = ("_p", "_seed", "_offset", "_shape", "_input_shape", "_bits")
 
     def __init__(self, p, seed, offset, shape, input_shape, bits=None):
-        object.__setattr__(self, "_p", float(p))
-        object.__setattr__(self, "_seed", int(seed))
-        object.__setattr__(self, "_offset", int(offset))
-        object.__setattr__(self, "_shape", tuple(int(d) for d in shape))
-        object.__setattr__(self, "_input_shape", tuple(int(d) for d in input_shape))
+        # The class is public: a mask built by hand is checked like the arguments of dropout.
+        input_shape = tuple(_validate.count(d, "input_shape") for d in input_shape)
+        shape = _validate.mask_shape(shape, input_shape)
+        size = math.prod(shape)
+        object.__setattr__(self, "_p", _validate.probability(p))
+        object.__setattr__(self, "_seed", _validate.seed(seed))
+        object.__setattr__(self, "_offset", _validate.offset(offset, size))
+        object.__setattr__(self, "_shape", shape)
+        object.__setattr__(self, "_input_shape", input_shape)
+        if bits is not None and (
+            str(getattr(bits, "dtype", None)) != "uint8"
+            or getattr(bits, "ndim", None) != 1
+            or bits.shape[0] != (size + 7) // 8
+        ):
+            raise ValueError(
+                f"bits must be a 1-D uint8 array of {(size + 7) // 8} bytes for a mask of {size} "
+                f"elements; got {getattr(bits, 'dtype', type(bits).__name__)} of shape "
+                f"{getattr(bits, 'shape', None)}"
+            )
         if bits is not None and hasattr(bits, "flags") and hasattr(bits.flags, "writeable"):
             try:
                 bits.flags.writeable = False

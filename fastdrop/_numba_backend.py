@@ -80,6 +80,7 @@ def _row_views(x, out, mask_shape, offset):
 
 
 def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
+    x, out = x.view(np.ndarray), out.view(np.ndarray)  # subclasses such as np.matrix: plain views
     k0, k1 = (np.uint64(word) for word in philox_key(seed))
     threshold = np.uint64(threshold)
     scale_value, zero = _scalars(x.dtype, scale)
@@ -103,6 +104,7 @@ def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
 
 
 def apply_bits(dy, out, *, mask_shape, bits, scale):
+    dy, out = dy.view(np.ndarray), out.view(np.ndarray)
     scale_value, zero = _scalars(dy.dtype, scale)
     select_rows_from_bits = kernels.for_size(kernels.select_rows_from_bits, dy.size)
     with _kernel_lock:

@@ -39,7 +39,7 @@ def take(n_words: int) -> tuple[int, int]:
     with _lock:
         offset = _next_offset
         end = offset + ((n_words + 3) // 4) * 4
-        if end > MAX_WORD_INDEX:
+        if end - 1 > MAX_WORD_INDEX:
             raise RuntimeError("fastdrop's stream for this seed is used up; call fastdrop.manual_seed")
         _next_offset = end
         return _seed, offset

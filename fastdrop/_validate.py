@@ -15,7 +15,10 @@ from fastdrop._contract import MAX_WORD_INDEX
 def probability(p) -> float:
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
         raise TypeError(f"p must be a real number in [0, 1]; got {p!r} of type {type(p).__name__}")
-    value = float(p)
+    try:
+        value = float(p)
+    except OverflowError:  # an integer too large for a float is far outside [0, 1]
+        raise ValueError(f"p must be in [0, 1]; got an integer of {p.bit_length()} bits") from None
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise ValueError(f"p must be in [0, 1]; got {p!r}")
     return value
@@ -55,14 +58,10 @@ def count(value, name: str) -> int:
     return value
 
 
-def float_array(array, name: str, float_dtypes) -> None:
-    """TypeError for arrays whose dtype is not one of the backend's float dtypes."""
-    dtype = getattr(array, "dtype", None)
-    if dtype is None or not hasattr(array, "shape"):
-        raise TypeError(f"{name} must be a NumPy or CuPy array; got {type(array).__name__}")
-    if dtype not in float_dtypes:
-        allowed = ", ".join(str(d) for d in float_dtypes)
-        raise TypeError(f"{name} must have a floating dtype ({allowed}); got {dtype}")
+def flag(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r}")
+    return bool(value)
 
 
 def mask_shape(value, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -84,8 +83,13 @@ def mask_shape(value, shape: tuple[int, ...]) -> tuple[int, ...]:
 def output(out, x, name_x: str = "x"):
     """Check ``out`` for writing the result of ``x``: same type, shape, dtype; writeable; either
     exactly ``x``'s memory (in place) or disjoint from it. Returns True for in place."""
-    if type(out).__module__.partition(".")[0] != type(x).__module__.partition(".")[0] or not hasattr(out, "shape"):
-        raise TypeError(f"out must be a {type(x).__name__} like {name_x}; got {type(out).__name__}")
+    from fastdrop._backend import array_library
+
+    if array_library(out) != array_library(x) or not hasattr(out, "shape"):
+        raise TypeError(
+            f"out must be a {array_library(x)} array like {name_x}; got "
+            f"{type(out).__module__}.{type(out).__qualname__}"
+        )
     if out.shape != x.shape:
         raise ValueError(f"out has shape {out.shape}; {name_x} has shape {x.shape}")
     if out.dtype != x.dtype:
@@ -106,7 +110,11 @@ def _data_pointer(array) -> int:
 
 
 def same_memory(a, b) -> bool:
-    return a.shape == b.shape and a.strides == b.strides and _data_pointer(a) == _data_pointer(b)
+    """Every element of a at the same address as the same element of b (strides of size-1 axes
+    never move, so they do not count)."""
+    if a.shape != b.shape or _data_pointer(a) != _data_pointer(b):
+        return False
+    return all(extent == 1 or sa == sb for extent, sa, sb in zip(a.shape, a.strides, b.strides))
 
 
 def overlaps(a, b) -> bool:

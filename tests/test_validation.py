@@ -84,7 +84,7 @@ def test_largest_offset_is_usable():
 )
 def test_bad_dtypes(dtype):
     x = np.zeros(8, dtype=dtype)
-    with pytest.raises(TypeError, match="x"):
+    with pytest.raises(TypeError, match=r"^x (must be a floating-point array|has dtype)"):
         fastdrop.dropout(x, 0.5, seed=1)
 
 
@@ -94,7 +94,7 @@ def test_float16_error_says_what_to_do():
 
 
 def test_not_an_array():
-    with pytest.raises(TypeError, match="numpy.ndarray and cupy.ndarray"):
+    with pytest.raises(TypeError, match="x must be a numpy.ndarray or cupy.ndarray"):
         fastdrop.dropout([1.0, 2.0], 0.5, seed=1)
 
 
@@ -110,7 +110,7 @@ def test_bad_out(x):
         fastdrop.dropout(x, 0.5, seed=1, out=np.empty((6, 4), np.float32))
     with pytest.raises(TypeError, match="out has dtype"):
         fastdrop.dropout(x, 0.5, seed=1, out=np.empty((4, 6), np.float64))
-    with pytest.raises(TypeError, match="out must be a ndarray"):
+    with pytest.raises(TypeError, match="out must be a numpy array like x"):
         fastdrop.dropout(x, 0.5, seed=1, out=[[0.0] * 6] * 4)
     readonly = np.empty_like(x)
     readonly.flags.writeable = False
