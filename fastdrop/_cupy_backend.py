@@ -36,8 +36,8 @@ _ELEMENTS_PER_LANE = {2: 8, 4: 4, 8: 4}
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 
 _lock = threading.Lock()
-_modules: dict[int, cupy.RawModule] = {}
-_functions: dict[tuple[int, str], object] = {}
+_modules: dict[tuple[int, str], cupy.RawModule] = {}  # (device, source file)
+_functions: dict[tuple[int, str, str], object] = {}  # (device, source file, kernel)
 _sm_counts: dict[int, int] = {}
 
 
@@ -112,19 +112,19 @@ def require_gpu() -> int:
     return device
 
 
-def _function(name: str):
-    """A kernel of the module compiled for the current device (compiled on first use)."""
+def _function(name: str, source: str = _KERNEL_SOURCE):
+    """Kernel ``name`` of ``kernels/<source>`` compiled for the current device (on first use)."""
     device = cupy.cuda.runtime.getDevice()
-    function = _functions.get((device, name))
+    function = _functions.get((device, source, name))
     if function is None:
         with _lock:
-            module = _modules.get(device)
+            module = _modules.get((device, source))
             if module is None:
                 require_gpu()
-                module = cupy.RawModule(code=assemble_source(), options=_COMPILE_OPTIONS)
-                _modules[device] = module
+                module = cupy.RawModule(code=assemble_source(name=source), options=_COMPILE_OPTIONS)
+                _modules[(device, source)] = module
             function = module.get_function(name)
-            _functions[(device, name)] = function
+            _functions[(device, source, name)] = function
     return function
 
 

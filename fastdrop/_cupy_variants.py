@@ -2,13 +2,11 @@
 
 Same functions as ``_numba_variants`` (see its docstring). Imported only when a CuPy array reaches
 a variant. Source assembly (``#include`` inlining with ``#line``), GPU checks, the grid cap and
-the rank-3 launch arguments are the core backend's (``_cupy_backend``); this module only keeps
-its own compiled module, because ``_cupy_backend._function`` is tied to ``dropout.cu``.
+the rank-3 launch arguments and the per-device module cache are the core backend's
+(``_cupy_backend``).
 """
 
 from __future__ import annotations
-
-import threading
 
 import cupy
 import numpy as np
@@ -18,30 +16,9 @@ from fastdrop._layout import rank3_launches
 
 _SOURCE = "variants.cu"
 
-_lock = threading.Lock()
-_modules: dict[int, cupy.RawModule] = {}
-_functions: dict[tuple[int, str], object] = {}
-
-
-def _function(name: str):
-    """A kernel of variants.cu compiled for the current device (compiled on first use)."""
-    device = cupy.cuda.runtime.getDevice()
-    function = _functions.get((device, name))
-    if function is None:
-        with _lock:
-            module = _modules.get(device)
-            if module is None:
-                core.require_gpu()
-                module = cupy.RawModule(code=core.assemble_source(name=_SOURCE), options=core._COMPILE_OPTIONS)
-                _modules[device] = module
-            function = module.get_function(name)
-            _functions[(device, name)] = function
-    return function
-
-
 def _launch(name: str, work_items: int, args) -> None:
     blocks = min(-(-work_items // core.THREADS_PER_BLOCK), core._grid_cap())
-    _function(name)((max(blocks, 1),), (core.THREADS_PER_BLOCK,), args)
+    core._function(name, _SOURCE)((max(blocks, 1),), (core.THREADS_PER_BLOCK,), args)
 
 
 def _rows(kernel: str, x, out, mask_shape, offset, extra) -> None:

@@ -73,10 +73,10 @@ def alpha_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k0
         first = fill_words(words, g, count, k0, k1)
         x_row = x[i0, i1, start : start + count]
         out_row = out[i0, i1, start : start + count]
+        row_words = words[first : first + count]  # sliced: see select_rows in _numba_kernels
         for j in range(count):
-            keep = np.uint64(words[first + j]) < threshold
             value = x_row[j] * a + shift
-            out_row[j] = value if keep else dropped
+            out_row[j] = value if np.uint64(row_words[j]) < threshold else dropped
 
 
 @numba.njit(inline="always", **_jit)
