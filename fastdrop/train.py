@@ -56,7 +56,7 @@ def parse_args(argv):
     add("--optimizer", choices=("sgd", "adam"), default=DEFAULTS["optimizer"], help="sgd has momentum 0.9 (default %(default)s)")
     add("--lr", type=float, help="(peak) learning rate (default: " + ", ".join(
         f"{name} {rate:g}" for name, rate in DEFAULT_LEARNING_RATES.items()) + ")")
-    add("--schedule", choices=("cosine", "constant"), default=DEFAULTS["schedule"], help="learning rate over the run (default %(default)s)")
+    add("--schedule", choices=("anneal", "cosine", "constant"), default=DEFAULTS["schedule"], help="learning rate over the run (default %(default)s)")
     add("--batch-size", type=int, default=DEFAULTS["batch_size"], help="minibatch size (default %(default)s)")
     add("--dropout", type=float, default=DEFAULTS["dropout"], help="drop rate after each hidden layer (default %(default)s)")
     add("--input-dropout", type=float, default=0.0, help="drop rate of the input pixels, e.g. 0.2 (default off)")
@@ -108,11 +108,19 @@ def prepare_splits(data: mnist.Mnist, xp, limit=None):
     }
 
 
+#: ``anneal`` holds the peak rate for this fraction of the steps, then falls linearly to 0.
+ANNEAL_START = 0.9
+
+
 def scheduled_learning_rate(schedule: str, peak: float, step: int, total_steps: int) -> float:
     """``constant``: always ``peak``. ``cosine``: half a cosine from ``peak`` down to 0, which has no
-    parameters to tune beyond the peak."""
+    parameters to tune beyond the peak. ``anneal``: constant, then a linear fall to 0 over the last
+    10% of the steps, so the final weights are not a snapshot of constant-rate noise."""
     if schedule == "constant":
         return peak
+    if schedule == "anneal":
+        hold = ANNEAL_START * total_steps
+        return peak if step < hold else peak * max(0.0, (total_steps - step) / (total_steps - hold))
     return 0.5 * peak * (1.0 + math.cos(math.pi * step / total_steps))
 
 
