@@ -67,7 +67,7 @@ def dropout(x, p, *, seed=None, offset=0, mask_shape=None, keep_bits=False, out=
             x, y, mask_shape=shape, seed=seed, offset=offset,
             threshold=keep_threshold(p), scale=scale_factor(p), bits=bits,
         )
-    return y, DropoutMask(p, seed, offset, shape, x.shape, bits)
+    return y, DropoutMask._validated(p, seed, offset, shape, x.shape, bits)
 
 
 def _set_all_kept(bits, n: int) -> None:

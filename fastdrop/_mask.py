@@ -24,11 +24,7 @@ class DropoutMask:
         input_shape = tuple(_validate.count(d, "input_shape") for d in input_shape)
         shape = _validate.mask_shape(shape, input_shape)
         size = math.prod(shape)
-        object.__setattr__(self, "_p", _validate.probability(p))
-        object.__setattr__(self, "_seed", _validate.seed(seed))
-        object.__setattr__(self, "_offset", _validate.offset(offset, size))
-        object.__setattr__(self, "_shape", shape)
-        object.__setattr__(self, "_input_shape", input_shape)
+        p, seed, offset = _validate.probability(p), _validate.seed(seed), _validate.offset(offset, size)
         if bits is not None and (
             str(getattr(bits, "dtype", None)) != "uint8"
             or getattr(bits, "ndim", None) != 1
@@ -39,6 +35,20 @@ class DropoutMask:
                 f"elements; got {getattr(bits, 'dtype', type(bits).__name__)} of shape "
                 f"{getattr(bits, 'shape', None)}"
             )
+        self._fill(p, seed, offset, shape, input_shape, bits)
+
+    @classmethod
+    def _validated(cls, p, seed, offset, shape, input_shape, bits=None):
+        """For the library's own forwards, whose arguments were checked at the public edge: the
+        same object without checking them twice on the hot path."""
+        mask = cls.__new__(cls)
+        mask._fill(float(p), seed, offset, tuple(shape), tuple(input_shape), bits)
+        return mask
+
+    def _fill(self, p, seed, offset, shape, input_shape, bits):
+        for name, value in (("_p", p), ("_seed", seed), ("_offset", offset), ("_shape", shape),
+                            ("_input_shape", input_shape)):
+            object.__setattr__(self, name, value)
         if bits is not None and hasattr(bits, "flags") and hasattr(bits.flags, "writeable"):
             try:
                 bits.flags.writeable = False
