@@ -91,6 +91,11 @@ def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
     fused_bits = (
         bits is not None and len(rows) == 1 and rows[0][2] == (0, 0, 1) and rows[0][0].shape[2] == n_mask
     )
+    if threshold == 0:  # nothing kept (p = 1, or within 2**-33 of it): zeros, no words needed
+        out[...] = 0
+        if bits is not None:
+            bits[...] = 0
+        return
     no_bits = np.empty(0, dtype=np.uint8)
     select_rows = kernels.for_size(kernels.select_rows, x.size)
     with _kernel_lock:

@@ -17,6 +17,7 @@ import numba
 import numpy as np
 
 from fastdrop._contract import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
+from fastdrop._numba_prefetch import line_step, prefetch
 
 #: Elements per parallel task: a multiple of 8 (whole bytes of packed bits) and of 4 (counters).
 CHUNK = 4096
@@ -114,6 +115,64 @@ def fill_words(buffer, g_start, count, k0, k1):
     return np.int64(g_start & np.uint64(3))
 
 
+#: Words generated between two bursts of prefetch hints: 8 counters, one iteration of the
+#: vectorised Philox loop (4 lanes x 2 chains). Must divide CHUNK.
+PREFETCH_BLOCK = 32
+
+
+@numba.njit(inline="always", **_jit)
+def _fill_block(buffer, base, q, k0, k1):
+    """The 8 counters q .. q + 7 into buffer[base : base + 32]: one vector iteration, 2 chains.
+    A constant trip count: ``fill_words`` with a count LLVM cannot prove aligned keeps its
+    loops, which cost 1.5x here."""
+    block = buffer[base : base + PREFETCH_BLOCK]
+    for lane in range(4):
+        a0, a1, a2, a3 = _philox_counter(q + np.uint64(lane), k0, k1)
+        b0, b1, b2, b3 = _philox_counter(q + np.uint64(lane + 4), k0, k1)
+        _store_block(block, lane, a0, a1, a2, a3)
+        _store_block(block, lane + 4, b0, b1, b2, b3)
+
+
+@numba.njit(inline="always", **_jit)
+def fill_chunk_prefetching(buffer, g_start, k0, k1, read_a, read_b, write, i0, i1, start):
+    """``fill_words`` for a whole ``CHUNK`` of elements that also hints the memory the task is
+    about to stream, so that the select loop's misses are served under the Philox arithmetic
+    (about 1.35x faster for a streaming 2^24 dropout here).
+
+    Element j of the task is ``array[i0, i1, start + j]`` of the rank-3 arrays ``read_a``, ``read_b``
+    (read; ``read_b`` may be None) and ``write`` (written); an array with an empty last axis
+    stands for one that cannot be addressed that way and gets useless but harmless hints. After
+    each ``PREFETCH_BLOCK`` words it hints two cache lines of each. The shape of this loop was
+    measured, not guessed: each of these cost about 20% here: more hints per block (even ones
+    covering every line of a float64 block), a variable trip count (of blocks or of hints),
+    a branch around the hints, or hints through a row slice instead of the rank-3 array.
+    Same words, placement and return value as ``fill_words``.
+    """
+    first = np.int64(g_start & np.uint64(3))
+    q_first = g_start >> np.uint64(2)
+    # Hints are clipped to each row (index 0 of an empty one: a hint never faults).
+    last_a = max(read_a.shape[2] - 1, 0)
+    last_b = max(read_b.shape[2] - 1, 0) if read_b is not None else 0
+    last_w = max(write.shape[2] - 1, 0)
+    step_a = line_step(read_a)
+    step_b = line_step(read_b) if read_b is not None else 1
+    step_w = line_step(write)
+    for block in range(CHUNK // PREFETCH_BLOCK):
+        base = block * PREFETCH_BLOCK
+        _fill_block(buffer, base, q_first + np.uint64(base // 4), k0, k1)
+        for k in range(2):
+            prefetch(read_a, (i0, i1, min(start + base + k * step_a, last_a)), False)
+            if read_b is not None:
+                prefetch(read_b, (i0, i1, min(start + base + k * step_b, last_b)), False)
+            prefetch(write, (i0, i1, min(start + base + k * step_w, last_w)), True)
+    if first:
+        # The words of the last counter, which the unaligned start pushed past the blocks.
+        q = q_first + np.uint64(CHUNK // 4)
+        r0, r1, r2, r3 = _philox_counter(q, k0, k1)
+        _store_block(buffer, CHUNK // 4, r0, r1, r2, r3)
+    return first
+
+
 @numba.njit(inline="always", **_jit)
 def _pack_chunk(words, first, count, threshold, bits, byte_start):
     """Pack keep flags of words[first : first + count] into bits[byte_start:] (little bit order)."""
@@ -134,6 +193,7 @@ def select_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k
     Element (i0, i1, i2) uses word ``word_offset + i0*ms0 + i1*ms1 + i2*ms2`` where the mask
     strides are 0 along broadcast axes and ``mask_stride2`` is 0 or 1. ``pack_bits`` is only set
     for a single full row (mask index == element index), whose chunks start on byte boundaries.
+    ``threshold`` must be at least 1 (threshold 0 drops everything: the backend fills zeros).
     """
     n0, n1, n2 = x.shape
     rows = n0 * n1
@@ -153,6 +213,9 @@ def select_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k
                 for i2 in range(n2):
                     out_row[i2] = zero
         return
+    # word < threshold as a 32-bit compare (word <= threshold - 1): vectorises with half the
+    # instructions of the 64-bit one (about 3% of the kernel here). Needs threshold >= 1.
+    last_kept = np.uint32(threshold - np.uint64(1))
     chunks_per_row = (n2 + CHUNK - 1) // CHUNK
     for task in numba.prange(rows * chunks_per_row):
         row = task // chunks_per_row
@@ -161,16 +224,19 @@ def select_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k
         i0 = row // n1
         i1 = row - i0 * n1
         g = word_offset + np.uint64(i0 * mask_stride0 + i1 * mask_stride1 + start)
-        words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
-        first = fill_words(words, g, count, k0, k1)
         # Slices, not base + j indexing: a signed index needs a wraparound check per element,
         # which stops LLVM vectorising the loop (about 2x slower on a streaming array).
         x_row = x[i0, i1, start : start + count]
         out_row = out[i0, i1, start : start + count]
+        words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
+        if count == CHUNK:
+            first = fill_chunk_prefetching(words, g, k0, k1, x, None, out, i0, i1, start)
+        else:
+            first = fill_words(words, g, count, k0, k1)
         row_words = words[first : first + count]
         for j in range(count):
             value = x_row[j] * scale
-            out_row[j] = value if np.uint64(row_words[j]) < threshold else zero
+            out_row[j] = value if row_words[j] <= last_kept else zero
         if pack_bits:
             _pack_chunk(words, first, count, threshold, bits, start // 8)
 

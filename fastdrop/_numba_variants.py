@@ -27,7 +27,9 @@ from fastdrop import reference
 from fastdrop._contract import compute_dtype, philox_key
 from fastdrop._layout import rank3_launches
 from fastdrop._numba_backend import _kernel_lock, _views
-from fastdrop._numba_kernels import _BUFFER_WORDS, CHUNK, _jit, fill_words, philox4x32_10, word_at
+from fastdrop._numba_kernels import (
+    _BUFFER_WORDS, CHUNK, _jit, fill_chunk_prefetching, fill_words, philox4x32_10, word_at,
+)
 
 _MASK32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
@@ -70,7 +72,10 @@ def alpha_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k0
         i1 = row - i0 * n1
         g = word_offset + np.uint64(i0 * mask_stride0 + i1 * mask_stride1 + start)
         words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
-        first = fill_words(words, g, count, k0, k1)
+        if count == CHUNK:
+            first = fill_chunk_prefetching(words, g, k0, k1, x, None, out, i0, i1, start)
+        else:
+            first = fill_words(words, g, count, k0, k1)
         x_row = x[i0, i1, start : start + count]
         out_row = out[i0, i1, start : start + count]
         row_words = words[first : first + count]  # sliced: see select_rows in _numba_kernels
@@ -195,16 +200,22 @@ def gaussian_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset,
 
 @numba.njit(parallel=True, **_jit)
 def bias_dropout_add_rows(x, bias, residual, out, has_bias, word_offset, k0, k1, threshold,
-                          scale, zero):
+                          scale, zero, flat_x, flat_residual, flat_out):
     """out = residual + where(keep, (x + bias) * scale, 0) over (rows, width) views, the mask
-    over the flat C-order index row * width + column. Tasks are flat CHUNKs crossing rows."""
+    over the flat C-order index row * width + column. Tasks are flat CHUNKs crossing rows.
+    ``flat_*`` are (1, 1, n) views of the C-contiguous arrays among x, residual and out (empty
+    ones for the others) through which whole tasks prefetch what they will stream."""
     rows, width = x.shape
     n = rows * width
     for task in numba.prange((n + CHUNK - 1) // CHUNK):
         start = task * CHUNK
         count = min(CHUNK, n - start)
         words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
-        first = fill_words(words, word_offset + np.uint64(start), count, k0, k1)
+        g = word_offset + np.uint64(start)
+        if count == CHUNK:
+            first = fill_chunk_prefetching(words, g, k0, k1, flat_x, flat_residual, flat_out, 0, 0, start)
+        else:
+            first = fill_words(words, g, count, k0, k1)
         row = start // width
         column = start - row * width
         done = 0
@@ -262,6 +273,8 @@ def bias_dropout_add(x, bias, residual, out, *, seed, offset, threshold, scale):
     bias_values = bias if has_bias else np.zeros(1, dtype=x.dtype)
     if math.prod(x.shape) == 0:
         return
+    flat = [a.reshape(1, 1, -1) if a.flags.c_contiguous else np.empty((1, 1, 0), a.dtype)
+            for a in (x, residual, out)]
     with _kernel_lock:
         bias_dropout_add_rows(x, bias_values, residual, out, has_bias, np.uint64(offset), k0, k1,
-                              np.uint64(threshold), compute(scale), compute(0))
+                              np.uint64(threshold), compute(scale), compute(0), *flat)

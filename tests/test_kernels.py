@@ -10,7 +10,8 @@ from fastdrop import reference
 
 from conftest import assert_bitwise_equal, to_numpy
 
-PROBABILITIES = [0.0, 1e-6, 0.1, 0.5, 0.9, 1.0]
+# 1e-12 and 1 - 1e-12 round to the extreme thresholds 2**32 (keep all, scale != 1) and 0.
+PROBABILITIES = [0.0, 1e-12, 1e-6, 0.1, 0.5, 0.9, 1.0 - 1e-12, 1.0]
 SHAPES = [(0,), (1,), (7,), (4099,), (3, 5), (2, 3, 5, 7), (65, 67), (2, 1, 9, 1, 3)]
 
 
@@ -75,6 +76,23 @@ def test_layouts_and_mask_shapes(xp, layout, mask_shape):
         if keep_bits:
             keep = reference.keep_mask(mask.shape, 0.4, seed=99, offset=3)
             assert_bitwise_equal(mask.bits, reference.pack_bits(keep))
+
+
+@pytest.mark.parametrize("offset", [0, 2, 2**64 - 3 * 8203])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("view", ["contiguous", "negative_stride", "every_third"])
+def test_rows_of_several_tasks(xp, view, dtype, offset):
+    """Rows long enough for whole-task (prefetching) and partial tasks, through strided views
+    and unaligned word offsets up to the end of the counter space."""
+    base_host = np.random.default_rng(5).standard_normal((3, 3 * 8203)).astype(dtype)
+    pick = {"contiguous": lambda a: a[:, :8203], "negative_stride": lambda a: a[:, ::-3],
+            "every_third": lambda a: a[:, 1::3]}[view]
+    view_host = pick(base_host)
+    x = pick(xp.asarray(base_host))
+    y, mask = fastdrop.dropout(x, 0.3, seed=21, offset=offset)
+    expected = reference.dropout(view_host, 0.3, seed=21, offset=offset)
+    assert_bitwise_equal(y, expected)
+    assert_bitwise_equal(fastdrop.dropout_backward(x, mask), expected)
 
 
 @pytest.mark.parametrize("mask_shape", [None, (3, 1)], ids=str)
