@@ -11,6 +11,7 @@ selected; a scalar Philox per element runs at about a fifth of copy speed.
 
 from __future__ import annotations
 
+import sys
 import types
 
 import numba
@@ -30,6 +31,9 @@ _M1 = np.uint64(PHILOX_M1)
 _W0 = np.uint64(PHILOX_W0)
 _W1 = np.uint64(PHILOX_W1)
 _MASK32 = np.uint64(0xFFFFFFFF)
+#: Gathers the low bits of a uint64's eight bytes into its top byte, byte k to bit k.
+_PACK_MAGIC = np.uint64(0x0102040810204080)
+_LITTLE_ENDIAN = sys.byteorder == "little"  # byte k of a uint64 is its k-th byte in memory
 _SHIFT32 = np.uint64(32)
 
 _jit = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
@@ -175,12 +179,24 @@ def fill_chunk_prefetching(buffer, g_start, k0, k1, read_a, read_b, write, i0, i
 
 @numba.njit(inline="always", **_jit)
 def _pack_chunk(words, first, count, threshold, bits, byte_start):
-    """Pack keep flags of words[first : first + count] into bits[byte_start:] (little bit order)."""
-    for b in range((count + 7) // 8):
+    """Pack keep flags of words[first : first + count] into bits[byte_start:] (little bit order).
+
+    Whole bytes go through one flag byte per element (a vectorised compare), read back eight
+    at a time as a little-endian uint64 ``v`` whose byte k is flag k: the top byte of
+    ``v * 0x0102040810204080`` is then sum(flag_k << k), as no partial product carries into it
+    (checked exhaustively in the tests). About 4x faster than or-ing bits one at a time."""
+    whole = count // 8 if _LITTLE_ENDIAN else 0
+    flags = np.empty(CHUNK, dtype=np.uint8)
+    row_words = words[first : first + 8 * whole]
+    for j in range(8 * whole):
+        flags[j] = np.uint8(np.uint64(row_words[j]) < threshold)
+    groups = flags.view(np.uint64)
+    for b in range(whole):
+        bits[byte_start + b] = np.uint8((groups[b] * _PACK_MAGIC) >> np.uint64(56))
+    for b in range(whole, (count + 7) // 8):  # a partial last byte (or every byte, big-endian)
         byte = 0
-        for k in range(8):
-            j = 8 * b + k
-            if j < count and np.uint64(words[first + j]) < threshold:
+        for k in range(min(8, count - 8 * b)):
+            if np.uint64(words[first + 8 * b + k]) < threshold:
                 byte |= 1 << k
         bits[byte_start + b] = np.uint8(byte)
 

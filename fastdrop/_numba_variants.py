@@ -207,6 +207,7 @@ def bias_dropout_add_rows(x, bias, residual, out, has_bias, word_offset, k0, k1,
     ones for the others) through which whole tasks prefetch what they will stream."""
     rows, width = x.shape
     n = rows * width
+    last_kept = np.uint32(threshold - np.uint64(1))  # 32-bit compare, as in select_rows: t >= 1
     for task in numba.prange((n + CHUNK - 1) // CHUNK):
         start = task * CHUNK
         count = min(CHUNK, n - start)
@@ -228,12 +229,12 @@ def bias_dropout_add_rows(x, bias, residual, out, has_bias, word_offset, k0, k1,
             if has_bias:
                 bias_row = bias[column : column + segment]
                 for j in range(segment):
-                    keep = np.uint64(row_words[j]) < threshold
+                    keep = row_words[j] <= last_kept
                     value = (x_row[j] + bias_row[j]) * scale
                     out_row[j] = residual_row[j] + (value if keep else zero)
             else:
                 for j in range(segment):
-                    keep = np.uint64(row_words[j]) < threshold
+                    keep = row_words[j] <= last_kept
                     value = x_row[j] * scale
                     out_row[j] = residual_row[j] + (value if keep else zero)
             done += segment
@@ -272,6 +273,9 @@ def bias_dropout_add(x, bias, residual, out, *, seed, offset, threshold, scale):
     has_bias = bias is not None
     bias_values = bias if has_bias else np.zeros(1, dtype=x.dtype)
     if math.prod(x.shape) == 0:
+        return
+    if threshold == 0:  # nothing kept: residual + 0 (which turns -0.0 into +0.0, as the contract)
+        np.add(residual, out.dtype.type(0), out=out)
         return
     flat = [a.reshape(1, 1, -1) if a.flags.c_contiguous else np.empty((1, 1, 0), a.dtype)
             for a in (x, residual, out)]

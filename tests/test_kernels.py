@@ -174,3 +174,26 @@ def test_read_only_input_and_zero_dimensional(xp):
     for offset in range(4):
         y0, _ = fastdrop.dropout(scalar, 0.5, seed=1, offset=offset)
         assert_bitwise_equal(y0, reference.dropout(np.array(2.5), 0.5, seed=1, offset=offset))
+
+
+def test_bit_packing_multiplier_is_exact():
+    """The packing multiply of _numba_kernels._pack_chunk, over all 256 flag patterns."""
+    from fastdrop._numba_kernels import _PACK_MAGIC
+
+    for pattern in range(256):
+        flags = np.array([(pattern >> k) & 1 for k in range(8)], dtype=np.uint8)
+        word = int(flags.view("<u8")[0])
+        assert ((word * int(_PACK_MAGIC)) % 2**64) >> 56 == pattern
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 4095, 4096, 4100, 3 * 4096 + 5, 40000])
+@pytest.mark.parametrize("offset", [0, 3])
+def test_packed_bits_all_lengths(n, offset):
+    """Fused (one row) and separate packing passes, whole and partial bytes and chunks."""
+    x = np.ones(n, dtype=np.float32)
+    _, mask = fastdrop.dropout(x, 0.4, seed=5, offset=offset, keep_bits=True)
+    keep = reference.keep_mask((n,), 0.4, seed=5, offset=offset)
+    np.testing.assert_array_equal(mask.bits, reference.pack_bits(keep))
+    column = np.ones((n, 2), dtype=np.float32)[:, :1]  # strided rows: packed in a second pass
+    _, mask = fastdrop.dropout(column, 0.4, seed=5, offset=offset, keep_bits=True)
+    np.testing.assert_array_equal(mask.bits, reference.pack_bits(keep.reshape(n, 1)))

@@ -124,12 +124,14 @@ def test_normal_stream_is_slice_invariant():
 
 
 @pytest.mark.parametrize("bias_shape", [None, (1023,), (5, 1023), (1,)], ids=str)
-@pytest.mark.parametrize("p", PROBABILITIES)
+@pytest.mark.parametrize("p", PROBABILITIES + [1e-12, 1.0 - 1e-12])  # thresholds 2**32 and 0
 def test_bias_dropout_add_matches_reference(xp, p, bias_shape):
     for dtype in _float_dtypes(xp):
         shape = (3, 5, 1023) if bias_shape != (1,) else (3, 5, 1)
         x, x_host = _input(xp, shape, dtype)
-        residual, residual_host = _input(xp, shape, dtype, seed=1)
+        residual_host = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+        residual_host[0, 0, 0] = -0.0  # a dropped element gives residual + 0: +0.0 here
+        residual = xp.asarray(residual_host.copy())
         bias, bias_host = (None, None) if bias_shape is None else _input(xp, bias_shape, dtype, seed=2)
         y, mask = fastdrop.bias_dropout_add(x, bias, residual, p, seed=12, offset=7)
         assert_bitwise_equal(y, reference.bias_dropout_add(x_host, bias_host, residual_host, p, seed=12, offset=7))
