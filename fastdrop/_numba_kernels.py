@@ -178,6 +178,25 @@ def fill_chunk_prefetching(buffer, g_start, k0, k1, read_a, read_b, write, i0, i
 
 
 @numba.njit(inline="always", **_jit)
+def task_place(task, chunks_per_row, n1, n2):
+    """(i0, i1, start, count) of a task over a rank-3 view: rows of n2 elements, in row-major
+    order over the first two axes, each cut into CHUNKs (a row's last one may be shorter)."""
+    row = task // chunks_per_row
+    start = (task - row * chunks_per_row) * CHUNK
+    i0 = row // n1
+    return i0, row - i0 * n1, start, min(CHUNK, n2 - start)
+
+
+@numba.njit(inline="always", **_jit)
+def task_words(words, g_start, count, k0, k1, read_a, read_b, write, i0, i1, start):
+    """A task's words into ``words`` (see ``fill_words``); whole CHUNKs prefetch what the task
+    will stream (see ``fill_chunk_prefetching``, which also explains the arguments)."""
+    if count == CHUNK:
+        return fill_chunk_prefetching(words, g_start, k0, k1, read_a, read_b, write, i0, i1, start)
+    return fill_words(words, g_start, count, k0, k1)
+
+
+@numba.njit(inline="always", **_jit)
 def _pack_chunk(words, first, count, threshold, bits, byte_start):
     """Pack keep flags of words[first : first + count] into bits[byte_start:] (little bit order).
 
@@ -234,21 +253,14 @@ def select_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k
     last_kept = np.uint32(threshold - np.uint64(1))
     chunks_per_row = (n2 + CHUNK - 1) // CHUNK
     for task in numba.prange(rows * chunks_per_row):
-        row = task // chunks_per_row
-        start = (task - row * chunks_per_row) * CHUNK
-        count = min(CHUNK, n2 - start)
-        i0 = row // n1
-        i1 = row - i0 * n1
+        i0, i1, start, count = task_place(task, chunks_per_row, n1, n2)
         g = word_offset + np.uint64(i0 * mask_stride0 + i1 * mask_stride1 + start)
         # Slices, not base + j indexing: a signed index needs a wraparound check per element,
         # which stops LLVM vectorising the loop (about 2x slower on a streaming array).
         x_row = x[i0, i1, start : start + count]
         out_row = out[i0, i1, start : start + count]
         words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
-        if count == CHUNK:
-            first = fill_chunk_prefetching(words, g, k0, k1, x, None, out, i0, i1, start)
-        else:
-            first = fill_words(words, g, count, k0, k1)
+        first = task_words(words, g, count, k0, k1, x, None, out, i0, i1, start)
         row_words = words[first : first + count]
         for j in range(count):
             value = x_row[j] * scale
@@ -265,11 +277,7 @@ def select_rows_from_bits(x, out, mask_base, mask_stride0, mask_stride1, mask_st
     rows = n0 * n1
     chunks_per_row = (n2 + CHUNK - 1) // CHUNK
     for task in numba.prange(rows * chunks_per_row):
-        row = task // chunks_per_row
-        start = (task - row * chunks_per_row) * CHUNK
-        count = min(CHUNK, n2 - start)
-        i0 = row // n1
-        i1 = row - i0 * n1
+        i0, i1, start, count = task_place(task, chunks_per_row, n1, n2)
         base = mask_base + i0 * mask_stride0 + i1 * mask_stride1
         for j in range(count):
             m = base + (start + j) * mask_stride2

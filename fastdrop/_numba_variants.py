@@ -28,7 +28,7 @@ from fastdrop._contract import compute_dtype, philox_key
 from fastdrop._layout import rank3_launches
 from fastdrop._numba_backend import _kernel_lock, _views
 from fastdrop._numba_kernels import (
-    _BUFFER_WORDS, CHUNK, _jit, fill_chunk_prefetching, fill_words, philox4x32_10, word_at,
+    _BUFFER_WORDS, CHUNK, _jit, fill_words, philox4x32_10, task_place, task_words, word_at,
 )
 
 _MASK32 = np.uint64(0xFFFFFFFF)
@@ -65,17 +65,10 @@ def alpha_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k0
         return
     chunks_per_row = (n2 + CHUNK - 1) // CHUNK
     for task in numba.prange(rows * chunks_per_row):
-        row = task // chunks_per_row
-        start = (task - row * chunks_per_row) * CHUNK
-        count = min(CHUNK, n2 - start)
-        i0 = row // n1
-        i1 = row - i0 * n1
+        i0, i1, start, count = task_place(task, chunks_per_row, n1, n2)
         g = word_offset + np.uint64(i0 * mask_stride0 + i1 * mask_stride1 + start)
         words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
-        if count == CHUNK:
-            first = fill_chunk_prefetching(words, g, k0, k1, x, None, out, i0, i1, start)
-        else:
-            first = fill_words(words, g, count, k0, k1)
+        first = task_words(words, g, count, k0, k1, x, None, out, i0, i1, start)
         x_row = x[i0, i1, start : start + count]
         out_row = out[i0, i1, start : start + count]
         row_words = words[first : first + count]  # sliced: see select_rows in _numba_kernels
@@ -176,11 +169,7 @@ def gaussian_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset,
         return
     chunks_per_row = (n2 + CHUNK - 1) // CHUNK
     for task in numba.prange(rows * chunks_per_row):
-        row = task // chunks_per_row
-        start = (task - row * chunks_per_row) * CHUNK
-        count = min(CHUNK, n2 - start)
-        i0 = row // n1
-        i1 = row - i0 * n1
+        i0, i1, start, count = task_place(task, chunks_per_row, n1, n2)
         g = word_offset + np.uint64(i0 * mask_stride0 + i1 * mask_stride1 + start)
         # Start the words at an even index so every element finds its pair in the buffer.
         parity = np.int64(g & np.uint64(1))
@@ -212,11 +201,8 @@ def bias_dropout_add_rows(x, bias, residual, out, has_bias, word_offset, k0, k1,
         start = task * CHUNK
         count = min(CHUNK, n - start)
         words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
-        g = word_offset + np.uint64(start)
-        if count == CHUNK:
-            first = fill_chunk_prefetching(words, g, k0, k1, flat_x, flat_residual, flat_out, 0, 0, start)
-        else:
-            first = fill_words(words, g, count, k0, k1)
+        first = task_words(words, word_offset + np.uint64(start), count, k0, k1,
+                           flat_x, flat_residual, flat_out, 0, 0, start)
         row = start // width
         column = start - row * width
         done = 0
