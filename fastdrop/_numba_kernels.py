@@ -18,6 +18,7 @@ import numba
 import numpy as np
 
 from fastdrop._contract import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
+from fastdrop._numba_half import load, store
 from fastdrop._numba_prefetch import line_step, prefetch
 
 #: Elements per parallel task: a multiple of 8 (whole bytes of packed bits) and of 4 (counters).
@@ -120,8 +121,9 @@ def fill_words(buffer, g_start, count, k0, k1):
 
 
 #: Words generated between two bursts of prefetch hints: 8 counters, one iteration of the
-#: vectorised Philox loop (4 lanes x 2 chains). Must divide CHUNK.
+#: vectorised Philox loop with AVX2 (4 lanes x 2 chains). Must divide CHUNK.
 PREFETCH_BLOCK = 32
+assert CHUNK % PREFETCH_BLOCK == 0 and CHUNK % 8 == 0
 
 
 @numba.njit(inline="always", **_jit)
@@ -243,10 +245,10 @@ def select_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k
             out_row = out[i0, i1, :]
             if keep:
                 for i2 in range(n2):
-                    out_row[i2] = x_row[i2] * scale
+                    store(out_row, i2, load(x_row, i2) * scale)
             else:
                 for i2 in range(n2):
-                    out_row[i2] = zero
+                    store(out_row, i2, zero)
         return
     # word < threshold as a 32-bit compare (word <= threshold - 1): vectorises with half the
     # instructions of the 64-bit one (about 3% of the kernel here). Needs threshold >= 1.
@@ -263,8 +265,8 @@ def select_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k
         first = task_words(words, g, count, k0, k1, x, None, out, i0, i1, start)
         row_words = words[first : first + count]
         for j in range(count):
-            value = x_row[j] * scale
-            out_row[j] = value if row_words[j] <= last_kept else zero
+            value = load(x_row, j) * scale
+            store(out_row, j, value if row_words[j] <= last_kept else zero)
         if pack_bits:
             _pack_chunk(words, first, count, threshold, bits, start // 8)
 
@@ -279,11 +281,13 @@ def select_rows_from_bits(x, out, mask_base, mask_stride0, mask_stride1, mask_st
     for task in numba.prange(rows * chunks_per_row):
         i0, i1, start, count = task_place(task, chunks_per_row, n1, n2)
         base = mask_base + i0 * mask_stride0 + i1 * mask_stride1
+        x_row = x[i0, i1, start : start + count]
+        out_row = out[i0, i1, start : start + count]
         for j in range(count):
             m = base + (start + j) * mask_stride2
             keep = (bits[m >> 3] >> (m & 7)) & 1
-            value = x[i0, i1, start + j] * scale
-            out[i0, i1, start + j] = value if keep else zero
+            value = load(x_row, j) * scale
+            store(out_row, j, value if keep else zero)
 
 
 @numba.njit(parallel=True, **_jit)

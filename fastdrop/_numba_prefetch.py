@@ -90,9 +90,7 @@ def _line_step(array):
     def strided(array):
         stride = abs(array.strides[-1])
         step = 1
-        if stride > CACHE_LINE:
-            step = 1
-        elif stride > 0:
+        if 0 < stride <= CACHE_LINE:
             step = CACHE_LINE // stride
         return step
 

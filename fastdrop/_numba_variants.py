@@ -1,8 +1,9 @@
 """Numba CPU kernels of the dropout variants, and their launchers (the variants' backend interface).
 
-The kernels reuse the core pieces of ``_numba_kernels``: ``fill_words`` (Philox counters generated
-as vectorisable lanes), ``word_at``, and the same fixed ``CHUNK`` tasks, so no result depends on the
-thread count. Launch decisions sit at the bottom of the module, in the functions ``fastdrop.variants``
+The kernels reuse the core pieces of ``_numba_kernels``: the same fixed ``CHUNK`` tasks
+(``task_place``), their words (``task_words``: Philox counters generated as vectorisable lanes,
+with prefetch hints for whole tasks; ``fill_words``), ``word_at``, so no result depends on the
+thread count; and ``_numba_half`` for float16, which the kernels see as uint16 bits. Launch decisions sit at the bottom of the module, in the functions ``fastdrop.variants``
 calls (the CuPy module ``_cupy_variants`` has the same ones):
 
 ``alpha_forward(x, out, *, mask_shape, seed, offset, threshold, affine)``
@@ -26,6 +27,7 @@ import numpy as np
 from fastdrop import reference
 from fastdrop._contract import compute_dtype, philox_key
 from fastdrop._layout import rank3_launches
+from fastdrop._numba_half import as_compute, kernel_view, load, store
 from fastdrop._numba_backend import _kernel_lock, _views
 from fastdrop._numba_kernels import (
     _BUFFER_WORDS, CHUNK, _jit, fill_words, philox4x32_10, task_place, task_words, word_at,
@@ -60,8 +62,8 @@ def alpha_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k0
             i1 = row - i0 * n1
             keep = word_at(word_offset + np.uint64(i0 * mask_stride0 + i1 * mask_stride1), k0, k1) < threshold
             for i2 in range(n2):
-                value = x[i0, i1, i2] * a + shift
-                out[i0, i1, i2] = value if keep else dropped
+                value = load(x, (i0, i1, i2)) * a + shift
+                store(out, (i0, i1, i2), value if keep else dropped)
         return
     chunks_per_row = (n2 + CHUNK - 1) // CHUNK
     for task in numba.prange(rows * chunks_per_row):
@@ -73,8 +75,8 @@ def alpha_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k0
         out_row = out[i0, i1, start : start + count]
         row_words = words[first : first + count]  # sliced: see select_rows in _numba_kernels
         for j in range(count):
-            value = x_row[j] * a + shift
-            out_row[j] = value if np.uint64(row_words[j]) < threshold else dropped
+            value = load(x_row, j) * a + shift
+            store(out_row, j, value if np.uint64(row_words[j]) < threshold else dropped)
 
 
 @numba.njit(inline="always", **_jit)
@@ -163,9 +165,9 @@ def gaussian_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset,
             i0 = row // n1
             i1 = row - i0 * n1
             z = normal_at(word_offset + np.uint64(i0 * mask_stride0 + i1 * mask_stride1), k0, k1)
-            multiplier = x.dtype.type(1.0 + sigma * z)
+            multiplier = as_compute(x, 1.0 + sigma * z)
             for i2 in range(n2):
-                out[i0, i1, i2] = x[i0, i1, i2] * multiplier
+                store(out, (i0, i1, i2), load(x, (i0, i1, i2)) * multiplier)
         return
     chunks_per_row = (n2 + CHUNK - 1) // CHUNK
     for task in numba.prange(rows * chunks_per_row):
@@ -184,7 +186,7 @@ def gaussian_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset,
         x_row = x[i0, i1, start : start + count]
         out_row = out[i0, i1, start : start + count]
         for j in range(count):
-            out_row[j] = x_row[j] * x.dtype.type(multipliers[j])
+            store(out_row, j, load(x_row, j) * as_compute(x, multipliers[j]))
 
 
 @numba.njit(parallel=True, **_jit)
@@ -216,13 +218,13 @@ def bias_dropout_add_rows(x, bias, residual, out, has_bias, word_offset, k0, k1,
                 bias_row = bias[column : column + segment]
                 for j in range(segment):
                     keep = row_words[j] <= last_kept
-                    value = (x_row[j] + bias_row[j]) * scale
-                    out_row[j] = residual_row[j] + (value if keep else zero)
+                    value = (load(x_row, j) + load(bias_row, j)) * scale
+                    store(out_row, j, load(residual_row, j) + (value if keep else zero))
             else:
                 for j in range(segment):
                     keep = row_words[j] <= last_kept
-                    value = x_row[j] * scale
-                    out_row[j] = residual_row[j] + (value if keep else zero)
+                    value = load(x_row, j) * scale
+                    store(out_row, j, load(residual_row, j) + (value if keep else zero))
             done += segment
             row += 1
             column = 0
@@ -236,10 +238,14 @@ def _key(seed):
 
 def alpha_forward(x, out, *, mask_shape, seed, offset, threshold, affine):
     k0, k1 = _key(seed)
-    a, shift, dropped = (compute_dtype(x.dtype).type(c) for c in affine)
+    compute = compute_dtype(x.dtype).type
+    a, shift, dropped = affine
+    # The dropped value is rounded once to x's dtype, as the reference's; for float16 that half
+    # is exact in float32, so the kernel's rounding on store leaves it unchanged.
+    a, shift, dropped = compute(a), compute(shift), compute(x.dtype.type(dropped))
     with _kernel_lock:
         for launch in rank3_launches(x.shape, x.strides, out.strides, mask_shape, offset):
-            x_view, out_view = _views(x, out, launch)
+            x_view, out_view = (kernel_view(view) for view in _views(x, out, launch))
             alpha_rows(x_view, out_view, *launch.mask_strides, np.uint64(launch.word_offset),
                        k0, k1, np.uint64(threshold), a, shift, dropped)
 
@@ -248,7 +254,7 @@ def gaussian_forward(x, out, *, mask_shape, seed, offset, sigma):
     k0, k1 = _key(seed)
     with _kernel_lock:
         for launch in rank3_launches(x.shape, x.strides, out.strides, mask_shape, offset):
-            x_view, out_view = _views(x, out, launch)
+            x_view, out_view = (kernel_view(view) for view in _views(x, out, launch))
             gaussian_rows(x_view, out_view, *launch.mask_strides, np.uint64(launch.word_offset),
                           k0, k1, np.float64(sigma))
 
@@ -260,9 +266,10 @@ def bias_dropout_add(x, bias, residual, out, *, seed, offset, threshold, scale):
     bias_values = bias if has_bias else np.zeros(1, dtype=x.dtype)
     if math.prod(x.shape) == 0:
         return
-    if threshold == 0:  # nothing kept: residual + 0 (which turns -0.0 into +0.0, as the contract)
+    if threshold == 0:  # nothing kept: residual + 0 (-0.0 becomes +0.0, as in the reference)
         np.add(residual, out.dtype.type(0), out=out)
         return
+    x, bias_values, residual, out = (kernel_view(a) for a in (x, bias_values, residual, out))
     flat = [a.reshape(1, 1, -1) if a.flags.c_contiguous else np.empty((1, 1, 0), a.dtype)
             for a in (x, residual, out)]
     with _kernel_lock:

@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import hashlib
+import os
+import sys
+from pathlib import Path
 
-import fastdrop
+
+def _kernel_cache_dir() -> Path:
+    """A Numba cache folder named after the sources compiled kernels depend on.
+
+    Numba judges a cached kernel stale by its own file's size and time only, but the kernels
+    inline helpers and constants from other files: after an edit to, say, _numba_kernels.py the
+    variants' kernels would run their old machine code and the tests could pass on broken code.
+    """
+    package = Path(__file__).resolve().parent.parent / "fastdrop"
+    digest = hashlib.sha256()
+    for path in sorted([*package.glob("_numba*.py"), package / "_contract.py", package / "reference.py"]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return package.parent / ".numba_cache" / digest.hexdigest()[:16]
+
+
+if "NUMBA_CACHE_DIR" not in os.environ:  # set before Numba reads its configuration
+    os.environ["NUMBA_CACHE_DIR"] = str(_kernel_cache_dir())
+    if "numba" in sys.modules:
+        sys.modules["numba"].config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import fastdrop  # noqa: E402
 
 #: Backends available in this process, as (id, array converter, numpy converter).
 BACKENDS = [pytest.param("numpy", id="numba-cpu")]

@@ -1,0 +1,152 @@
+"""IEEE half precision for Numba CPU kernels, which have no float16 type.
+
+Kernels see float16 arrays as uint16 (``x.view(np.uint16)``): ``half_to_float`` widens a half's bits
+to float32 exactly, the kernel computes in float32 as the contract asks (float16 computes in float32
+and rounds once), and ``float_to_half`` rounds back to nearest-even exactly as NumPy's
+``astype(np.float16)`` does, NaN payloads and signed zeros included. Both are branch-free enough
+for LLVM to vectorise (the branches become selects), and both are checked against NumPy over every
+half and a dense sample of float32 bit patterns in ``tests/test_half.py``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic, overload
+
+_jit = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+
+
+@intrinsic
+def float32_bits(typingctx, value):
+    """The IEEE bits of a float32, as uint32."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def bits_float32(typingctx, bits):
+    """The float32 whose IEEE bits are the low 32 bits of the integer ``bits`` (Numba widens
+    uint32 arithmetic to 64 bits, so wider integers are accepted and truncated)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value = args[0]
+        if bits.bitwidth > 32:
+            value = builder.trunc(value, ir.IntType(32))
+        elif bits.bitwidth < 32:
+            value = builder.zext(value, ir.IntType(32))
+        return builder.bitcast(value, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+_SUBNORMAL_UNIT = np.float32(2.0**-24)  # the value of a half's last mantissa bit below 2**-14
+
+
+@numba.njit(inline="always", **_jit)
+def half_to_float(half):
+    """float32 value of the half with bits ``half`` (uint16); exact."""
+    h = np.uint32(half)
+    sign = (h & np.uint32(0x8000)) << np.uint32(16)
+    exponent = (h >> np.uint32(10)) & np.uint32(0x1F)
+    mantissa = h & np.uint32(0x3FF)
+    # Normal: rebias 15 -> 127. Inf/NaN: all-ones exponent, payload kept. Subnormal/zero: exact
+    # as mantissa * 2**-24 in float32.
+    normal = sign | ((exponent + np.uint32(112)) << np.uint32(23)) | (mantissa << np.uint32(13))
+    special = sign | np.uint32(0x7F800000) | (mantissa << np.uint32(13))
+    small = sign | float32_bits(np.float32(mantissa) * _SUBNORMAL_UNIT)
+    bits = special if exponent == np.uint32(0x1F) else (normal if exponent != np.uint32(0) else small)
+    return bits_float32(bits)
+
+
+@numba.njit(inline="always", **_jit)
+def float_to_half(value):
+    """Bits (uint16) of float32 ``value`` rounded to the nearest half, ties to even, as NumPy."""
+    f = float32_bits(value)
+    sign = (f >> np.uint32(16)) & np.uint32(0x8000)
+    magnitude = f & np.uint32(0x7FFFFFFF)
+    # Normal halves: drop 13 mantissa bits with round-to-nearest-even (a carry may bump the
+    # exponent, correctly), then rebias 127 -> 15.
+    lsb = (magnitude >> np.uint32(13)) & np.uint32(1)
+    normal = (magnitude + np.uint32(0xFFF) + lsb - np.uint32(0x38000000)) >> np.uint32(13)
+    # Subnormal halves (and zero): the value in units of 2**-24, rounded to even by rint; 1024
+    # (rounding up to 2**-14) is the smallest normal's encoding, as it should be.
+    small = np.uint32(np.rint(bits_float32(magnitude) * np.float32(16777216.0)))
+    # NaN keeps the top of its payload and stays a NaN; overflow (>= 65520) becomes infinity.
+    nan = np.uint32(0x7C00) | ((magnitude & np.uint32(0x7FFFFF)) >> np.uint32(13))
+    nan = nan if nan != np.uint32(0x7C00) else np.uint32(0x7C01)
+    if magnitude > np.uint32(0x7F800000):
+        h = nan
+    elif magnitude >= np.uint32(0x477FF000):
+        h = np.uint32(0x7C00)
+    elif magnitude >= np.uint32(0x38800000):
+        h = normal
+    else:
+        h = small
+    return np.uint16(sign | h)
+
+
+def load(array, index):
+    """``array[index]`` in its compute type: a half (a uint16 array) widened to float32."""
+    raise NotImplementedError("load is for Numba-compiled code")
+
+
+def store(array, index, value):
+    """``array[index] = value``, rounding a float32 to half for a uint16 (half) array."""
+    raise NotImplementedError("store is for Numba-compiled code")
+
+
+@overload(load)
+def _load(array, index):
+    if not isinstance(array, types.Array):
+        return None
+    if array.dtype == types.uint16:
+        return lambda array, index: half_to_float(array[index])
+    return lambda array, index: array[index]
+
+
+@overload(store)
+def _store(array, index, value):
+    if not isinstance(array, types.Array):
+        return None
+    if array.dtype == types.uint16:
+
+        def store_half(array, index, value):
+            array[index] = float_to_half(np.float32(value))
+
+        return store_half
+
+    def store_value(array, index, value):
+        array[index] = value
+
+    return store_value
+
+
+def as_compute(array, value):
+    """``value`` in the compute type of ``array``'s elements: float32 for a half (uint16) array,
+    else the array's own dtype."""
+    raise NotImplementedError("as_compute is for Numba-compiled code")
+
+
+@overload(as_compute)
+def _as_compute(array, value):
+    if not isinstance(array, types.Array):
+        return None
+    if array.dtype == types.uint16:
+        return lambda array, value: np.float32(value)
+    kind = array.dtype
+    return lambda array, value: kind(value)
+
+
+def kernel_view(array):
+    """What a kernel sees of a NumPy array: float16 as its uint16 bits, anything else as is."""
+    return array.view(np.uint16) if array.dtype == np.float16 else array
