@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from fastdrop import _backend, _stream, _validate
-from fastdrop._contract import KEEP_ALL, is_identity, keep_threshold, scale_factor
+from fastdrop._contract import KEEP_ALL, select_constants
 from fastdrop._mask import DropoutMask
 
 
@@ -49,7 +49,8 @@ def dropout(x, p, *, seed=None, offset=0, mask_shape=None, keep_bits=False, out=
     backend = _backend.backend_for(x)
     _check_float(x, "x", backend)
     p = _validate.probability(p)
-    shape = _validate.mask_shape(mask_shape, tuple(x.shape))
+    input_shape = tuple(x.shape)
+    shape = _validate.mask_shape(mask_shape, input_shape)
     n_mask = math.prod(shape)
     keep_bits = _validate.flag(keep_bits, "keep_bits")
     in_place = out is not None and _validate.output(out, x)
@@ -57,17 +58,17 @@ def dropout(x, p, *, seed=None, offset=0, mask_shape=None, keep_bits=False, out=
     bits = backend.zeros((n_mask + 7) // 8, np.uint8) if keep_bits else None
     # Last of all, so that a call refused above has not spent any of the module stream.
     seed, offset = _resolve_seed(seed, offset, n_mask)
-    if is_identity(p):
+    threshold, scale, identity = select_constants(p)
+    if identity:
         if not in_place:
             y[...] = x
         if bits is not None:
             _set_all_kept(bits, n_mask)
     else:
         backend.forward(
-            x, y, mask_shape=shape, seed=seed, offset=offset,
-            threshold=keep_threshold(p), scale=scale_factor(p), bits=bits,
+            x, y, mask_shape=shape, seed=seed, offset=offset, threshold=threshold, scale=scale, bits=bits,
         )
-    return y, DropoutMask._validated(p, seed, offset, shape, x.shape, bits)
+    return y, DropoutMask._validated(p, seed, offset, shape, input_shape, bits)
 
 
 def _set_all_kept(bits, n: int) -> None:
@@ -86,22 +87,24 @@ def dropout_backward(dy, mask, *, out=None):
     _check_float(dy, "dy", backend)
     if tuple(dy.shape) != mask.input_shape:
         raise ValueError(f"dy has shape {tuple(dy.shape)}; the mask was made for input shape {mask.input_shape}")
-    if mask.bits is not None and _backend.array_library(mask.bits) != _backend.array_library(dy):
+    bits = mask.bits
+    if bits is not None and _backend.array_library(bits) != _backend.array_library(dy):
         raise TypeError(
             f"dy is a {_backend.array_library(dy)} array but mask.bits live in "
-            f"{_backend.array_library(mask.bits)}"
+            f"{_backend.array_library(bits)}"
         )
     in_place = out is not None and _validate.output(out, dy, "dy")
     dx = backend.empty_like(dy) if out is None else out
-    if is_identity(mask.p):
+    threshold, scale, identity = select_constants(mask.p)
+    if identity:
         if not in_place:
             dx[...] = dy
-    elif mask.bits is not None:
-        backend.apply_bits(dy, dx, mask_shape=mask.shape, bits=mask.bits, scale=scale_factor(mask.p))
+    elif bits is not None:
+        backend.apply_bits(dy, dx, mask_shape=mask.shape, bits=bits, scale=scale)
     else:
         backend.forward(
             dy, dx, mask_shape=mask.shape, seed=mask.seed, offset=mask.offset,
-            threshold=mask.threshold, scale=scale_factor(mask.p), bits=None,
+            threshold=threshold, scale=scale, bits=None,
         )
     return dx
 

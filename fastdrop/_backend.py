@@ -28,20 +28,34 @@ _BACKEND_MODULES = {
     "cupy": "fastdrop._cupy_backend",
 }
 
+# Per-call lookups are cached, keyed on types and library names only (never on arrays): the
+# library of every array type seen that belongs to a backend, and each backend module once
+# imported. Entries never change once set, so concurrent threads at worst compute one twice.
+_library_of_type: dict[type, str] = {}
+_backend_modules: dict[str, ModuleType] = {}
+
 
 def array_library(array) -> str:
     """The top-level module of the array library behind ``array``'s type ('numpy', 'cupy', ...),
     found along its class hierarchy so that subclasses defined elsewhere count; imports nothing."""
-    for cls in type(array).__mro__:
+    array_type = type(array)
+    library = _library_of_type.get(array_type)
+    if library is not None:
+        return library
+    for cls in array_type.__mro__:
         library = cls.__module__.partition(".")[0]
         if library in _BACKEND_MODULES:
+            _library_of_type[array_type] = library
             return library
-    return type(array).__module__.partition(".")[0]
+    return array_type.__module__.partition(".")[0]
 
 
 def backend_for(array, name: str = "x") -> ModuleType:
     """The backend module that runs kernels on ``array``; TypeError naming ``name`` otherwise."""
     library = array_library(array)
+    module = _backend_modules.get(library)
+    if module is not None:
+        return module
     try:
         module_name = _BACKEND_MODULES[library]
     except KeyError:
@@ -49,4 +63,8 @@ def backend_for(array, name: str = "x") -> ModuleType:
             f"{name} must be a numpy.ndarray or cupy.ndarray; got {type(array).__module__}."
             f"{type(array).__qualname__}"
         ) from None
-    return importlib.import_module(module_name)
+    # Imported on first use only (CuPy stays unimported until a CuPy array arrives); a failed
+    # import is not cached, so it is retried, and reported, on every call.
+    module = importlib.import_module(module_name)
+    _backend_modules[library] = module
+    return module

@@ -5,6 +5,8 @@ See ``docs/rng-contract.md``. Nothing here touches arrays bigger than a scalar.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # Philox4x32-10 (Salmon, Moraes, Dror, Shaw: "Parallel random numbers: as easy as 1, 2, 3", SC'11).
@@ -51,4 +53,11 @@ def compute_dtype(dtype) -> np.dtype:
 
 def is_identity(p: float) -> bool:
     """True when dropout with this p keeps everything and scales by exactly 1: y = x."""
-    return keep_threshold(p) == KEEP_ALL and scale_factor(p) == 1.0
+    return select_constants(p)[2]
+
+
+@functools.lru_cache(maxsize=256)  # by value: a p usually repeats from call to call
+def select_constants(p: float) -> tuple[int, float, bool]:
+    """``(keep_threshold(p), scale_factor(p), is_identity(p))``, each worked out once."""
+    threshold, scale = keep_threshold(p), scale_factor(p)
+    return threshold, scale, threshold == KEEP_ALL and scale == 1.0

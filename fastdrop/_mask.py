@@ -39,16 +39,19 @@ class DropoutMask:
 
     @classmethod
     def _validated(cls, p, seed, offset, shape, input_shape, bits=None):
-        """For the library's own forwards, whose arguments were checked at the public edge: the
-        same object without checking them twice on the hot path."""
+        """For the library's own forwards, whose arguments were checked at the public edge (p a
+        float, the shapes tuples): the same object without checking them twice on the hot path."""
         mask = cls.__new__(cls)
-        mask._fill(float(p), seed, offset, tuple(shape), tuple(input_shape), bits)
+        mask._fill(p, seed, offset, shape, input_shape, bits)
         return mask
 
     def _fill(self, p, seed, offset, shape, input_shape, bits):
-        for name, value in (("_p", p), ("_seed", seed), ("_offset", offset), ("_shape", shape),
-                            ("_input_shape", input_shape)):
-            object.__setattr__(self, name, value)
+        set_field = object.__setattr__  # past the immutability guard of __setattr__
+        set_field(self, "_p", p)
+        set_field(self, "_seed", seed)
+        set_field(self, "_offset", offset)
+        set_field(self, "_shape", shape)
+        set_field(self, "_input_shape", input_shape)
         if bits is not None and hasattr(bits, "flags") and hasattr(bits.flags, "writeable"):
             try:
                 bits.flags.writeable = False

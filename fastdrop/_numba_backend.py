@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -18,21 +19,25 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from fastdrop import _numba_kernels as kernels  # noqa: E402
 from fastdrop._contract import compute_dtype, philox_key
 from fastdrop._layout import rank3_launches
+from fastdrop._numba_half import kernel_view
 
 # Numba's default 'workqueue' threading layer must not be entered from two Python threads at once
 # (it aborts the process); the parallel kernels already use every core, so calls take turns.
 _kernel_lock = threading.Lock()
 
-_NUMBA_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: float16 arrays reach the kernels as their uint16 bits (``_numba_half``: Numba has no CPU
+#: float16), are widened to float32, computed there and rounded once, as the contract says.
+_NUMBA_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
+#: The kernels' ``bits`` argument when no bits are packed: zero-size, so never written.
+_NO_BITS = np.empty(0, dtype=np.uint8)
 
 
 def check_dtype(dtype, argument: str) -> None:
     """TypeError for float dtypes this backend cannot compute in."""
-    if np.dtype(dtype) not in _NUMBA_DTYPES:
+    if dtype not in _NUMBA_DTYPES and np.dtype(dtype) not in _NUMBA_DTYPES:  # the first: no conversion
         raise TypeError(
-            f"{argument} has dtype {np.dtype(dtype)}; the CPU (Numba) backend supports float32 "
-            "and float64 (Numba has no float16 arithmetic on the CPU): convert with "
-            ".astype(np.float32) or use a CuPy array"
+            f"{argument} has dtype {np.dtype(dtype)}; the CPU (Numba) backend supports float16, "
+            "float32 and float64: convert with .astype(np.float32), or use a CuPy array"
         )
 
 
@@ -63,15 +68,44 @@ def _shift(array, byte_offset: int):
     return as_strided(array, (2,), (byte_offset,))[1:]
 
 
+# The kernels take NumPy scalars (uint64 words, compute-dtype floats). Building one costs about
+# 0.2-0.5 us, several per call, so those made from values that repeat from call to call (a seed,
+# a p) are cached by value; NumPy scalars are immutable, so every thread can share them.
+_SCALAR_CACHE_SIZE = 256
+
+
+@functools.lru_cache(maxsize=_SCALAR_CACHE_SIZE)
 def _scalars(dtype, scale: float):
+    """The scale and zero as scalars of the compute dtype."""
     compute = compute_dtype(dtype).type
     return compute(scale), compute(0)
+
+
+@functools.lru_cache(maxsize=_SCALAR_CACHE_SIZE)
+def _key(seed: int):
+    """The Philox key words of ``seed`` as the kernels' uint64 scalars."""
+    k0, k1 = philox_key(seed)
+    return np.uint64(k0), np.uint64(k1)
+
+
+@functools.lru_cache(maxsize=_SCALAR_CACHE_SIZE)
+def _threshold(threshold: int):
+    """The keep threshold as the kernels' uint64 scalar."""
+    return np.uint64(threshold)
+
+
+def _plain(array):
+    """What the kernels take: a plain ndarray view (of subclasses such as np.matrix), float16
+    as its uint16 bits (see ``_numba_half``); plain float32/float64 ndarrays as they are."""
+    if type(array) is not np.ndarray:
+        array = array.view(np.ndarray)
+    return kernel_view(array)
 
 
 def _row_views(x, out, mask_shape, offset):
     """(x view, out view, mask strides, word offset) per rank-3 launch. A C-contiguous x and out
     with a full mask, the common case, is one row and skips the layout analysis."""
-    if x.flags.c_contiguous and out.flags.c_contiguous and tuple(mask_shape) == x.shape:
+    if tuple(mask_shape) == x.shape and x.flags.c_contiguous and out.flags.c_contiguous:
         return [(x.reshape(1, 1, -1), out.reshape(1, 1, -1), (0, 0, 1), offset)]
     return [
         (*_views(x, out, launch), launch.mask_strides, launch.word_offset)
@@ -80,54 +114,52 @@ def _row_views(x, out, mask_shape, offset):
 
 
 def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
-    x, out = x.view(np.ndarray), out.view(np.ndarray)  # subclasses such as np.matrix: plain views
-    k0, k1 = (np.uint64(word) for word in philox_key(seed))
-    threshold = np.uint64(threshold)
-    scale_value, zero = _scalars(x.dtype, scale)
-    n_mask = math.prod(mask_shape)
-    rows = _row_views(x, out, mask_shape, offset)
-    # Bits are packed in the same pass when a single row covers the whole mask in order (its
-    # chunks then start on byte boundaries); otherwise in a second pass over the mask's words.
-    fused_bits = (
-        bits is not None and len(rows) == 1 and rows[0][2] == (0, 0, 1) and rows[0][0].shape[2] == n_mask
-    )
+    scale_value, zero = _scalars(x.dtype, scale)  # from x's own dtype, before _plain
+    x, out = _plain(x), _plain(out)
     if threshold == 0:  # nothing kept (p = 1, or within 2**-33 of it): zeros, no words needed
         out[...] = 0
         if bits is not None:
             bits[...] = 0
         return
-    no_bits = np.empty(0, dtype=np.uint8)
+    k0, k1 = _key(seed)
+    threshold = _threshold(threshold)
+    rows = _row_views(x, out, mask_shape, offset)
+    fused_bits = False
+    if bits is not None:
+        # Bits are packed in the same pass when a single row covers the whole mask in order (its
+        # chunks then start on byte boundaries); otherwise in a second pass over the mask's words.
+        n_mask = math.prod(mask_shape)
+        fused_bits = len(rows) == 1 and rows[0][2] == (0, 0, 1) and rows[0][0].shape[2] == n_mask
+    row_bits = bits if fused_bits else _NO_BITS
     select_rows = kernels.for_size(kernels.select_rows, x.size)
     with _kernel_lock:
         for x_view, out_view, mask_strides, word_offset in rows:
             select_rows(
                 x_view, out_view, *mask_strides, np.uint64(word_offset), k0, k1,
-                threshold, scale_value, zero, bits if fused_bits else no_bits, fused_bits,
+                threshold, scale_value, zero, row_bits, fused_bits,
             )
         if bits is not None and not fused_bits and n_mask:
             kernels.for_size(kernels.pack_keep_bits, n_mask)(n_mask, np.uint64(offset), k0, k1, threshold, bits)
 
 
 def apply_bits(dy, out, *, mask_shape, bits, scale):
-    dy, out = dy.view(np.ndarray), out.view(np.ndarray)
-    scale_value, zero = _scalars(dy.dtype, scale)
+    scale_value, zero = _scalars(dy.dtype, scale)  # from dy's own dtype, before _plain
+    dy, out = _plain(dy), _plain(out)
     select_rows_from_bits = kernels.for_size(kernels.select_rows_from_bits, dy.size)
+    # With word offset 0, a row's word offset is the mask's flat index of its first element.
+    rows = _row_views(dy, out, mask_shape, 0)
     with _kernel_lock:
-        # With word offset 0, a launch's word offset is the mask's flat index of its first element.
-        for launch in rank3_launches(dy.shape, dy.strides, out.strides, mask_shape, 0):
-            dy_view, out_view = _views(dy, out, launch)
-            select_rows_from_bits(
-                dy_view, out_view, launch.word_offset, *launch.mask_strides, bits, scale_value, zero
-            )
+        for dy_view, out_view, mask_strides, mask_base in rows:
+            select_rows_from_bits(dy_view, out_view, mask_base, *mask_strides, bits, scale_value, zero)
 
 
 def random_bits(out, *, seed, offset):
-    k0, k1 = (np.uint64(word) for word in philox_key(seed))
+    k0, k1 = _key(seed)
     with _kernel_lock:
         kernels.for_size(kernels.fill_random_bits, out.size)(out, np.uint64(offset), k0, k1)
 
 
 def keep_flags(out, *, seed, offset, threshold):
-    k0, k1 = (np.uint64(word) for word in philox_key(seed))
+    k0, k1 = _key(seed)
     with _kernel_lock:
-        kernels.for_size(kernels.fill_keep_flags, out.size)(out, np.uint64(offset), k0, k1, np.uint64(threshold))
+        kernels.for_size(kernels.fill_keep_flags, out.size)(out, np.uint64(offset), k0, k1, _threshold(threshold))

@@ -53,8 +53,8 @@ _SUBNORMAL_UNIT = np.float32(2.0**-24)  # the value of a half's last mantissa bi
 
 
 @numba.njit(inline="always", **_jit)
-def half_to_float(half):
-    """float32 value of the half with bits ``half`` (uint16); exact."""
+def half_to_float_bits(half):
+    """float32 value of the half with bits ``half`` (uint16); exact. Integer arithmetic only."""
     h = np.uint32(half)
     sign = (h & np.uint32(0x8000)) << np.uint32(16)
     exponent = (h >> np.uint32(10)) & np.uint32(0x1F)
@@ -69,8 +69,9 @@ def half_to_float(half):
 
 
 @numba.njit(inline="always", **_jit)
-def float_to_half(value):
-    """Bits (uint16) of float32 ``value`` rounded to the nearest half, ties to even, as NumPy."""
+def float_to_half_bits(value):
+    """Bits (uint16) of float32 ``value`` rounded to the nearest half, ties to even, as NumPy.
+    Integer arithmetic only."""
     f = float32_bits(value)
     sign = (f >> np.uint32(16)) & np.uint32(0x8000)
     magnitude = f & np.uint32(0x7FFFFFFF)
@@ -93,6 +94,58 @@ def float_to_half(value):
     else:
         h = small
     return np.uint16(sign | h)
+
+
+@intrinsic
+def half_to_float_native(typingctx, half):
+    """LLVM's ``fpext half -> float`` on the bits ``half``: exact; one F16C instruction
+    (vcvtph2ps, vectorised) on x86. NaNs come out quiet, payload kept."""
+    if half != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def float_to_half_native(typingctx, value):
+    """LLVM's ``fptrunc float -> half`` (round to nearest even) as uint16 bits: vcvtps2ph with
+    F16C. Equal to ``float_to_half_bits`` except for signalling NaNs, which come out quiet; the
+    kernels only narrow results of float32 arithmetic, which are never signalling."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(types.float32), codegen
+
+
+def _host_converts_halves() -> bool:
+    """Whether LLVM lowers half <-> float conversions to instructions here: F16C on x86-64,
+    always on AArch64. Elsewhere it would call compiler-rt helpers Numba does not link."""
+    import platform
+
+    machine = platform.machine().lower()
+    if machine in ("arm64", "aarch64"):
+        return True
+    if machine in ("x86_64", "amd64"):
+        from llvmlite import binding
+
+        try:
+            return bool(binding.get_host_cpu_features().get("f16c"))
+        except Exception:  # no feature query on this llvmlite/platform: be safe
+            return False
+    return False
+
+
+#: The conversions the kernels use: the hardware's where it has them (about 3x faster per
+#: element for float16 dropout on this AVX2 machine), else the integer versions.
+NATIVE_HALF = _host_converts_halves()
+half_to_float = half_to_float_native if NATIVE_HALF else half_to_float_bits
+float_to_half = float_to_half_native if NATIVE_HALF else float_to_half_bits
 
 
 def load(array, index):

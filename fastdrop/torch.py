@@ -40,11 +40,11 @@ __all__ = [
     "seed_from_torch",
 ]
 
-#: Dtypes each device's fastdrop backend computes in directly; other float dtypes (bfloat16
-#: everywhere, float16 on the CPU) make a float32 round trip, which is exactly the contract's
-#: "compute in float32, round once" rule.
+#: Dtypes each device's fastdrop backend computes in directly; the other float dtype (bfloat16:
+#: NumPy has none) makes a float32 round trip, which is exactly the contract's "compute in
+#: float32, round once" rule.
 _NATIVE_DTYPES = {
-    "cpu": (torch.float32, torch.float64),
+    "cpu": (torch.float16, torch.float32, torch.float64),
     "cuda": (torch.float16, torch.float32, torch.float64),
 }
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
-from pathlib import Path
 
+from fastdrop._kernel_cache import checkout_cache_dir  # imports neither Numba nor NumPy
 
-def _kernel_cache_dir() -> Path:
-    """A Numba cache folder named after the sources compiled kernels depend on.
-
-    Numba judges a cached kernel stale by its own file's size and time only, but the kernels
-    inline helpers and constants from other files: after an edit to, say, _numba_kernels.py the
-    variants' kernels would run their old machine code and the tests could pass on broken code.
-    """
-    package = Path(__file__).resolve().parent.parent / "fastdrop"
-    digest = hashlib.sha256()
-    for path in sorted([*package.glob("_numba*.py"), package / "_contract.py", package / "reference.py"]):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return package.parent / ".numba_cache" / digest.hexdigest()[:16]
-
-
-if "NUMBA_CACHE_DIR" not in os.environ:  # set before Numba reads its configuration
-    os.environ["NUMBA_CACHE_DIR"] = str(_kernel_cache_dir())
+if "NUMBA_CACHE_DIR" not in os.environ:  # see fastdrop/_kernel_cache.py; set before Numba reads it
+    os.environ["NUMBA_CACHE_DIR"] = str(checkout_cache_dir())
     if "numba" in sys.modules:
         sys.modules["numba"].config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
 

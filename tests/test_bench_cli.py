@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fastdrop
@@ -92,7 +93,11 @@ def test_peak_memory_of_numpy_holds_the_float64_draws():
     assert peaks["numpy"] >= (8 + 1) * n  # rng.random's float64 array and the bool keep array
 
 
-def test_rows_that_cannot_run_are_skipped_with_the_reason(tmp_path, capsys):
+def test_rows_that_cannot_run_are_skipped_with_the_reason(tmp_path, capsys, monkeypatch):
+    from fastdrop import _numba_backend
+
+    # Pretend the CPU backend cannot compute float16 (it can): the row must be skipped, not fail.
+    monkeypatch.setattr(_numba_backend, "_NUMBA_DTYPES", (np.dtype(np.float32), np.dtype(np.float64)))
     document = _run(tmp_path, "--dtypes", "float16", "--ops", "forward", "--impls", "fastdrop,numpy", "--no-memory")
     assert {(s["impl"], s["op"]) for s in document["skipped"]} == {("fastdrop", "forward")}
     assert "float16" in document["skipped"][0]["reason"]
