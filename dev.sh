@@ -31,12 +31,6 @@ setup() {
 
 command="${1:-help}"
 shift || true
-if [ "$command" != help ] && [ -z "${NUMBA_CACHE_DIR:-}" ] && [ -x "$python" ]; then
-    # Kernels compiled from other sources than the cached ones are recompiled (fastdrop/_kernel_cache.py).
-    NUMBA_CACHE_DIR="$("$python" -m fastdrop._kernel_cache 2>/dev/null || true)"
-    export NUMBA_CACHE_DIR
-    [ -n "$NUMBA_CACHE_DIR" ] || unset NUMBA_CACHE_DIR
-fi
 case "$command" in
     bench|train|validate)
         setup

@@ -17,6 +17,7 @@ import types
 import numba
 import numpy as np
 
+from fastdrop._kernel_cache import discard_stale_kernels
 from fastdrop._contract import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 from fastdrop._numba_half import load, store
 from fastdrop._numba_prefetch import line_step, prefetch
@@ -26,6 +27,8 @@ CHUNK = 4096
 #: Words in a task's scratch buffer: the chunk plus up to 3 words of an unaligned first counter,
 #: rounded up to whole counters.
 _BUFFER_WORDS = CHUNK + 8
+
+discard_stale_kernels()  # before any cached kernel loads: see _kernel_cache
 
 _M0 = np.uint64(PHILOX_M0)
 _M1 = np.uint64(PHILOX_M1)

@@ -26,12 +26,15 @@ import numpy as np
 
 from fastdrop import reference
 from fastdrop._contract import compute_dtype, philox_key
+from fastdrop._kernel_cache import discard_stale_kernels
 from fastdrop._layout import rank3_launches
 from fastdrop._numba_half import as_compute, kernel_view, load, store
 from fastdrop._numba_backend import _kernel_lock, _views
 from fastdrop._numba_kernels import (
     _BUFFER_WORDS, CHUNK, _jit, fill_words, philox4x32_10, task_place, task_words, word_at,
 )
+
+discard_stale_kernels()  # before any cached kernel loads: see _kernel_cache
 
 _MASK32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import sys
+import numpy as np
+import pytest
 
-from fastdrop._kernel_cache import checkout_cache_dir  # imports neither Numba nor NumPy
-
-if "NUMBA_CACHE_DIR" not in os.environ:  # see fastdrop/_kernel_cache.py; set before Numba reads it
-    os.environ["NUMBA_CACHE_DIR"] = str(checkout_cache_dir())
-    if "numba" in sys.modules:
-        sys.modules["numba"].config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import fastdrop  # noqa: E402
+import fastdrop
 
 #: Backends available in this process, as (id, array converter, numpy converter).
 BACKENDS = [pytest.param("numpy", id="numba-cpu")]
