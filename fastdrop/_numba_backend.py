@@ -103,10 +103,20 @@ def _plain(array):
 
 
 def _row_views(x, out, mask_shape, offset):
-    """(x view, out view, mask strides, word offset) per rank-3 launch. A C-contiguous x and out
-    with a full mask, the common case, is one row and skips the layout analysis."""
-    if tuple(mask_shape) == x.shape and x.flags.c_contiguous and out.flags.c_contiguous:
-        return [(x.reshape(1, 1, -1), out.reshape(1, 1, -1), (0, 0, 1), offset)]
+    """(x view, out view, mask strides, word offset) per rank-3 launch. C-contiguous x and out
+    skip the layout analysis in the two common cases: a full mask (one row, a word per element)
+    and a channel-style mask, x's leading axes then ones (one row per mask element, one word
+    each: spatial dropout's (N, C, 1, 1))."""
+    mask_shape = tuple(mask_shape)
+    if x.flags.c_contiguous and out.flags.c_contiguous:
+        if mask_shape == x.shape:
+            return [(x.reshape(1, 1, -1), out.reshape(1, 1, -1), (0, 0, 1), offset)]
+        lead = len(mask_shape)
+        while lead and mask_shape[lead - 1] == 1:
+            lead -= 1
+        if 0 < lead < x.ndim == len(mask_shape) and x.size and mask_shape[:lead] == x.shape[:lead]:
+            rows = math.prod(mask_shape)
+            return [(x.reshape(1, rows, -1), out.reshape(1, rows, -1), (0, 1, 0), offset)]
     return [
         (*_views(x, out, launch), launch.mask_strides, launch.word_offset)
         for launch in rank3_launches(x.shape, x.strides, out.strides, mask_shape, offset)
