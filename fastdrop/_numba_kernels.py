@@ -2,11 +2,14 @@
 
 Kernels only: launch decisions, validation and layout handling live in ``_numba_backend``.
 
-Speed comes from two choices. Work is split into fixed tasks of ``CHUNK`` elements (a function
-of the indices alone, so the result never depends on the thread count). Inside a task the
-Philox counters are generated as lanes of a small array first, in a loop with no branches that
-LLVM vectorises across lanes (AVX-512's 32 x 32 -> 64 bit multiply), and only then compared and
-selected; a scalar Philox per element runs at about a fifth of copy speed.
+Speed comes from three choices. Work is split into fixed tasks of ``CHUNK`` elements (a
+function of the indices alone, so the result never depends on the thread count). Inside a task
+the Philox counters are generated as lanes of a small array first, in a loop with no branches
+that LLVM vectorises across lanes (the 32 x 32 -> 64 bit multiplies of AVX2 or AVX-512), and only
+then compared and selected; a scalar Philox per element runs at about a fifth of copy speed.
+While a whole task generates its words it prefetches the lines its select loop will stream
+(``fill_chunk_prefetching``), so memory traffic runs under the arithmetic. float16 arrays arrive
+as their uint16 bits (``_numba_half``).
 """
 
 from __future__ import annotations
@@ -152,7 +155,7 @@ def fill_chunk_prefetching(buffer, g_start, k0, k1, read_a, read_b, write, i0, i
     (read; ``read_b`` may be None) and ``write`` (written); an array with an empty last axis
     stands for one that cannot be addressed that way and gets useless but harmless hints. After
     each ``PREFETCH_BLOCK`` words it hints two cache lines of each. The shape of this loop was
-    measured, not guessed: each of these cost about 20% here: more hints per block (even ones
+    measured, not guessed: each of these cost 10-20% here: more hints per block (even ones
     covering every line of a float64 block), a variable trip count (of blocks or of hints),
     a branch around the hints, or hints through a row slice instead of the rank-3 array.
     Same words, placement and return value as ``fill_words``.
