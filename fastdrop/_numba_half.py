@@ -3,9 +3,11 @@
 Kernels see float16 arrays as uint16 (``x.view(np.uint16)``): ``half_to_float`` widens a half's bits
 to float32 exactly, the kernel computes in float32 as the contract asks (float16 computes in float32
 and rounds once), and ``float_to_half`` rounds back to nearest-even exactly as NumPy's
-``astype(np.float16)`` does, NaN payloads and signed zeros included. Both are branch-free enough
-for LLVM to vectorise (the branches become selects), and both are checked against NumPy over every
-half and a dense sample of float32 bit patterns in ``tests/test_half.py``.
+``astype(np.float16)`` does, NaN payloads and signed zeros included. Each comes in two versions:
+the CPU's conversion instructions (``*_native``: LLVM's fpext/fptrunc, F16C on x86-64, used where
+present) and bit-field arithmetic (``*_bits``, used elsewhere); both vectorise, and both are
+checked against NumPy over every half and a dense sample of float32 bit patterns in
+``tests/test_half.py`` (the native ones quiet signalling NaNs, which no kernel result is).
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ _SUBNORMAL_UNIT = np.float32(2.0**-24)  # the value of a half's last mantissa bi
 
 @numba.njit(inline="always", **_jit)
 def half_to_float_bits(half):
-    """float32 value of the half with bits ``half`` (uint16); exact. Integer arithmetic only."""
+    """float32 value of the half with bits ``half`` (uint16); exact. Needs no half-precision
+    instructions: bit fields, and a float32 multiply for subnormals."""
     h = np.uint32(half)
     sign = (h & np.uint32(0x8000)) << np.uint32(16)
     exponent = (h >> np.uint32(10)) & np.uint32(0x1F)
@@ -71,7 +74,7 @@ def half_to_float_bits(half):
 @numba.njit(inline="always", **_jit)
 def float_to_half_bits(value):
     """Bits (uint16) of float32 ``value`` rounded to the nearest half, ties to even, as NumPy.
-    Integer arithmetic only."""
+    Needs no half-precision instructions: bit fields, and ``rint`` for subnormal halves."""
     f = float32_bits(value)
     sign = (f >> np.uint32(16)) & np.uint32(0x8000)
     magnitude = f & np.uint32(0x7FFFFFFF)

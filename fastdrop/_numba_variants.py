@@ -3,8 +3,9 @@
 The kernels reuse the core pieces of ``_numba_kernels``: the same fixed ``CHUNK`` tasks
 (``task_place``), their words (``task_words``: Philox counters generated as vectorisable lanes,
 with prefetch hints for whole tasks; ``fill_words``), ``word_at``, so no result depends on the
-thread count; and ``_numba_half`` for float16, which the kernels see as uint16 bits. Launch decisions sit at the bottom of the module, in the functions ``fastdrop.variants``
-calls (the CuPy module ``_cupy_variants`` has the same ones):
+thread count; and ``_numba_half`` for float16, which the kernels see as uint16 bits. Launch
+decisions sit at the bottom of the module, in the functions ``fastdrop.variants`` calls (the CuPy
+module ``_cupy_variants`` has the same ones):
 
 ``alpha_forward(x, out, *, mask_shape, seed, offset, threshold, affine)``
     ``out = where(keep, x * a + shift, dropped)`` with ``affine = (a, shift, dropped)`` floats.
