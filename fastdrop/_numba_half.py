@@ -135,6 +135,12 @@ def _host_converts_halves() -> bool:
     if machine in ("arm64", "aarch64"):
         return True
     if machine in ("x86_64", "amd64"):
+        from numba.core import config
+
+        if config.CPU_NAME and config.CPU_NAME != "host":
+            # Compiling for a named CPU (NUMBA_CPU_NAME, e.g. "generic" for portable caches):
+            # only its declared features count.
+            return "+f16c" in (config.CPU_FEATURES or "")
         from llvmlite import binding
 
         try:

@@ -76,3 +76,30 @@ def test_float32_rounds_to_half_as_numpy(kind):
     assert mismatched.size == 0, [
         (hex(int(values.view(np.uint32)[i])), hex(int(got[i])), hex(int(expected[i]))) for i in mismatched[:5]
     ]
+
+
+def test_named_generic_cpu_uses_the_bit_conversions(tmp_path):
+    """With NUMBA_CPU_NAME=generic (portable caches) x86-64 has no F16C: LLVM's half conversions
+    would become helper calls Numba does not link (a crash), so the integer versions must be
+    chosen, and float16 dropout must still equal the reference."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, fastdrop\n"
+        "from fastdrop import _numba_half, reference\n"
+        "x = np.random.default_rng(0).standard_normal(5000).astype(np.float16)\n"
+        "y, _ = fastdrop.dropout(x, 0.3, seed=2, offset=1)\n"
+        "expected = reference.dropout(x, 0.3, seed=2, offset=1)\n"
+        "assert np.array_equal(y.view(np.uint16), expected.view(np.uint16))\n"
+        "print(_numba_half.NATIVE_HALF)\n"
+    )
+    env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path))
+    env.pop("NUMBA_CPU_FEATURES", None)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import platform
+
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert result.stdout.strip() == "False"
