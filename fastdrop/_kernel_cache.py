@@ -49,6 +49,8 @@ def discard_stale_kernels() -> None:
         cache.mkdir(exist_ok=True)
         for path in [*cache.glob("_numba*.nbi"), *cache.glob("_numba*.nbc")]:
             path.unlink(missing_ok=True)
-        stamp.write_text(digest + "\n")
+        partial = cache / f"{_STAMP}.{os.getpid()}"
+        partial.write_text(digest + "\n")
+        os.replace(partial, stamp)  # never a half-written stamp for another process to read
     except OSError:
         pass

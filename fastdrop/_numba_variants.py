@@ -242,11 +242,9 @@ def _key(seed):
 
 def alpha_forward(x, out, *, mask_shape, seed, offset, threshold, affine):
     k0, k1 = _key(seed)
-    compute = compute_dtype(x.dtype).type
-    a, shift, dropped = affine
-    # The dropped value is rounded once to x's dtype, as the reference's; for float16 that half
-    # is exact in float32, so the kernel's rounding on store leaves it unchanged.
-    a, shift, dropped = compute(a), compute(shift), compute(x.dtype.type(dropped))
+    # In the compute dtype, as the reference; a float16 store rounds the dropped value from
+    # float32, as the reference's astype does.
+    a, shift, dropped = (compute_dtype(x.dtype).type(c) for c in affine)
     with _kernel_lock:
         for launch in rank3_launches(x.shape, x.strides, out.strides, mask_shape, offset):
             x_view, out_view = (kernel_view(view) for view in _views(x, out, launch))
