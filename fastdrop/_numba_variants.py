@@ -20,20 +20,22 @@ scaled select) use the core backend's ``forward`` directly.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
 import numpy as np
 
 from fastdrop import reference
-from fastdrop._contract import compute_dtype, philox_key
+from fastdrop._contract import compute_dtype
 from fastdrop._kernel_cache import discard_stale_kernels
-from fastdrop._layout import rank3_launches
-from fastdrop._numba_half import as_compute, kernel_view, load, store
-from fastdrop._numba_backend import _kernel_lock, _views
+from fastdrop._numba_half import as_compute, load, store
+from fastdrop._numba_backend import _kernel_lock, _key, _plain, _row_views, _threshold
 from fastdrop._numba_kernels import (
-    _BUFFER_WORDS, CHUNK, _jit, fill_words, philox4x32_10, task_place, task_words, word_at,
+    _BUFFER_WORDS, CHUNK, SERIAL_BELOW, _jit, _serial_twin, fill_words, philox4x32_10, task_place,
+    task_words, word_at,
 )
+from fastdrop._numba_bits import bits_float64, float64_bits, pick
 
 discard_stale_kernels()  # before any cached kernel loads: see _kernel_cache
 
@@ -67,7 +69,7 @@ def alpha_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k0
             keep = word_at(word_offset + np.uint64(i0 * mask_stride0 + i1 * mask_stride1), k0, k1) < threshold
             for i2 in range(n2):
                 value = load(x, (i0, i1, i2)) * a + shift
-                store(out, (i0, i1, i2), value if keep else dropped)
+                store(out, (i0, i1, i2), pick(keep, value, dropped))
         return
     chunks_per_row = (n2 + CHUNK - 1) // CHUNK
     for task in numba.prange(rows * chunks_per_row):
@@ -80,73 +82,67 @@ def alpha_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k0
         row_words = words[first : first + count]  # sliced: see select_rows in _numba_kernels
         for j in range(count):
             value = load(x_row, j) * a + shift
-            store(out_row, j, value if np.uint64(row_words[j]) < threshold else dropped)
+            store(out_row, j, pick(np.uint64(row_words[j]) < threshold, value, dropped))
+
+
+#: 2**52 as float64 and as its bits: ``bits_float64(_EXACT_BITS | k) - _EXACT`` is k exactly for
+#: 0 <= k < 2**52 (k fills the mantissa of 2**52), a vectorisable integer-to-float conversion.
+_EXACT = 4503599627370496.0
+_EXACT_BITS = np.uint64(0x4330000000000000)
+_EXPONENT_FIELD = np.uint64(0x7FF0000000000000)
+_HALF_EXPONENT = np.uint64(1022 << 52)  # the exponent field of numbers in [0.5, 1)
 
 
 @numba.njit(inline="always", **_jit)
-def _frexp_word_plus_one(word):
-    """frexp(word + 1) for a 32-bit word, exactly (a branch-free bit length, then a division by a
-    power of two), because Numba has no np.frexp and math.frexp is a scalar library call."""
-    n = word + np.uint64(1)
-    top = np.uint64(32) if (n >> np.uint64(32)) != 0 else np.uint64(0)
-    for shift in (16, 8, 4, 2, 1):
-        if (n >> (top + np.uint64(shift))) != 0:
-            top += np.uint64(shift)
-    exponent = np.int64(top) + 1
-    return np.float64(n) / np.float64(np.uint64(1) << np.uint64(exponent)), exponent
+def _exact_float(k):
+    """float64(k) for an integer 0 <= k < 2**52, without a conversion instruction."""
+    return bits_float64(_EXACT_BITS | np.uint64(k)) - _EXACT
 
 
 @numba.njit(inline="always", **_jit)
-def box_muller(radius_word, angle_word, odd):
-    """One standard normal from a word pair (see ``reference.standard_normals``): the cosine
-    branch for even elements, the sine branch for odd ones. Same operations in the same order
-    as the reference, so the same bits."""
-    mantissa, exponent = _frexp_word_plus_one(radius_word)
-    if mantissa < _SQRT_HALF:
-        mantissa = mantissa * 2.0
-        exponent -= 1
+def box_muller_pair(radius_word, angle_word):
+    """The two standard normals of a word pair (see ``reference.standard_normals``): the
+    cosine one (even element) and the sine one (odd element). The same operations in the same
+    order as the reference, so the same bits, written without branches (``pick``, bit fields)
+    so that a loop over pairs vectorises."""
+    # frexp(word + 1) from the float's bit fields (word + 1 <= 2**32 is exact).
+    bits = float64_bits(_exact_float(radius_word) + 1.0)
+    exponent_field = (bits & _EXPONENT_FIELD) >> np.uint64(52)
+    mantissa = bits_float64((bits & ~_EXPONENT_FIELD) | _HALF_EXPONENT)
+    small = mantissa < _SQRT_HALF
+    mantissa = pick(small, mantissa * 2.0, mantissa)
+    # exponent - 32 with exponent = field - 1022, one less when small: field - small - 1054
+    # (field - small >= 1022, so the conversion's operand is a small positive integer).
+    exponent = _exact_float(exponent_field - pick(small, np.uint64(1), np.uint64(0))) - 1054.0
     s = (mantissa - 1.0) / (mantissa + 1.0)
     t = s * s
     series = ((((((((((_L10 * t + _L9) * t + _L8) * t + _L7) * t + _L6) * t + _L5) * t + _L4)
                    * t + _L3) * t + _L2) * t + _L1) * t + _L0)
-    log_u = np.float64(exponent - 32) * _LN2 + 2.0 * s * series
+    log_u = exponent * _LN2 + 2.0 * s * series
     radius = np.sqrt(-2.0 * log_u)
 
     octant = angle_word >> np.uint64(29)
     low = angle_word & _LOW29
     octant_odd = (octant & np.uint64(1)) != 0
-    if octant_odd:
-        low = _LOW29 - low
-    psi = (np.float64(low) + 0.5) * _TWO_POW_MINUS_29 * _PI_OVER_4
+    low = pick(octant_odd, _LOW29 - low, low)
+    psi = (_exact_float(low) + 0.5) * _TWO_POW_MINUS_29 * _PI_OVER_4
     t = psi * psi
     sin_poly = (((((((_S8 * t + _S7) * t + _S6) * t + _S5) * t + _S4) * t + _S3) * t + _S2) * t + _S1)
     cos_poly = ((((((((_C9 * t + _C8) * t + _C7) * t + _C6) * t + _C5) * t + _C4) * t + _C3) * t
                  + _C2) * t + _C1)
     sin_psi = psi + psi * t * sin_poly
     cos_psi = 1.0 + t * cos_poly
-    sin_a = cos_psi if octant_odd else sin_psi
-    cos_a = sin_psi if octant_odd else cos_psi
+    sin_a = pick(octant_odd, cos_psi, sin_psi)
+    cos_a = pick(octant_odd, sin_psi, cos_psi)
+    # Turned by quadrant * pi / 2: cos -> (cos_a, -sin_a, -cos_a, sin_a), sin -> (sin_a, cos_a,
+    # -sin_a, -cos_a) for quadrants 0 .. 3 (negation is exact).
     quadrant = octant >> np.uint64(1)
-    # The element's branch turned by quadrant * pi / 2: cosine for even g, sine for odd g.
-    if odd:
-        if quadrant == 0:
-            value = sin_a
-        elif quadrant == 1:
-            value = cos_a
-        elif quadrant == 2:
-            value = -sin_a
-        else:
-            value = -cos_a
-    else:
-        if quadrant == 0:
-            value = cos_a
-        elif quadrant == 1:
-            value = -sin_a
-        elif quadrant == 2:
-            value = -cos_a
-        else:
-            value = sin_a
-    return radius * value
+    swap = (quadrant & np.uint64(1)) != 0
+    cos_theta = pick(swap, sin_a, cos_a)
+    sin_theta = pick(swap, cos_a, sin_a)
+    cos_theta = pick(((quadrant ^ (quadrant >> np.uint64(1))) & np.uint64(1)) != 0, -cos_theta, cos_theta)
+    sin_theta = pick(quadrant >= np.uint64(2), -sin_theta, sin_theta)
+    return radius * cos_theta, radius * sin_theta
 
 
 @numba.njit(**_jit)
@@ -155,8 +151,10 @@ def normal_at(g, k0, k1):
     q = g >> np.uint64(2)
     r0, r1, r2, r3 = philox4x32_10(q & _MASK32, q >> _SHIFT32, np.uint64(0), np.uint64(0), k0, k1)
     if g & np.uint64(2):
-        return box_muller(r2, r3, (g & np.uint64(1)) != 0)
-    return box_muller(r0, r1, (g & np.uint64(1)) != 0)
+        z_even, z_odd = box_muller_pair(r2, r3)
+    else:
+        z_even, z_odd = box_muller_pair(r0, r1)
+    return z_odd if g & np.uint64(1) else z_even
 
 
 @numba.njit(parallel=True, **_jit)
@@ -180,17 +178,20 @@ def gaussian_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset,
         # Start the words at an even index so every element finds its pair in the buffer.
         parity = np.int64(g & np.uint64(1))
         words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
-        first = fill_words(words, g - np.uint64(parity), count + parity, k0, k1) + parity
-        multipliers = np.empty(CHUNK, dtype=np.float64)
-        for j in range(count):
-            local = first + j
-            pair = local - (local & 1)
-            z = box_muller(np.uint64(words[pair]), np.uint64(words[pair + 1]), (local & 1) != 0)
-            multipliers[j] = 1.0 + sigma * z
+        first = fill_words(words, g - np.uint64(parity), count + parity, k0, k1)
+        # Pair k of the buffer holds the normals of elements 2k - first - parity, +1 of the task.
+        pairs = (first + parity + count + 1) // 2
+        multipliers = np.empty(_BUFFER_WORDS, dtype=np.float64)
+        pair_words = words[: 2 * pairs]
+        for k in range(pairs):
+            z_even, z_odd = box_muller_pair(np.uint64(pair_words[2 * k]), np.uint64(pair_words[2 * k + 1]))
+            multipliers[2 * k] = 1.0 + sigma * z_even
+            multipliers[2 * k + 1] = 1.0 + sigma * z_odd
         x_row = x[i0, i1, start : start + count]
         out_row = out[i0, i1, start : start + count]
+        row_multipliers = multipliers[first + parity : first + parity + count]
         for j in range(count):
-            store(out_row, j, load(x_row, j) * as_compute(x, multipliers[j]))
+            store(out_row, j, load(x_row, j) * as_compute(x, row_multipliers[j]))
 
 
 @numba.njit(parallel=True, **_jit)
@@ -223,12 +224,12 @@ def bias_dropout_add_rows(x, bias, residual, out, has_bias, word_offset, k0, k1,
                 for j in range(segment):
                     keep = row_words[j] <= last_kept
                     value = (load(x_row, j) + load(bias_row, j)) * scale
-                    store(out_row, j, load(residual_row, j) + (value if keep else zero))
+                    store(out_row, j, load(residual_row, j) + pick(keep, value, zero))
             else:
                 for j in range(segment):
                     keep = row_words[j] <= last_kept
                     value = load(x_row, j) * scale
-                    store(out_row, j, load(residual_row, j) + (value if keep else zero))
+                    store(out_row, j, load(residual_row, j) + pick(keep, value, zero))
             done += segment
             row += 1
             column = 0
@@ -236,44 +237,57 @@ def bias_dropout_add_rows(x, bias, residual, out, has_bias, word_offset, k0, k1,
 
 # ------------------------------------------------------------------------------------- launchers
 
-def _key(seed):
-    return tuple(np.uint64(word) for word in philox_key(seed))
+#: Serial twins of the kernels for problems too small to share out (see ``_numba_kernels``).
+_SERIAL = {kernel: _serial_twin(kernel) for kernel in (alpha_rows, gaussian_rows, bias_dropout_add_rows)}
+
+
+def _for_size(kernel, n_elements: int):
+    return _SERIAL[kernel] if n_elements < SERIAL_BELOW else kernel
+
+
+@functools.lru_cache(maxsize=256)
+def _compute_scalars(dtype, values: tuple):
+    """``values`` as scalars of ``dtype``'s compute dtype (cached: they repeat from call to call)."""
+    compute = compute_dtype(dtype).type
+    return tuple(compute(value) for value in values)
 
 
 def alpha_forward(x, out, *, mask_shape, seed, offset, threshold, affine):
     k0, k1 = _key(seed)
     # In the compute dtype, as the reference; a float16 store rounds the dropped value from
     # float32, as the reference's astype does.
-    a, shift, dropped = (compute_dtype(x.dtype).type(c) for c in affine)
+    a, shift, dropped = _compute_scalars(x.dtype, tuple(affine))
+    x, out = _plain(x), _plain(out)
+    kernel = _for_size(alpha_rows, x.size)
     with _kernel_lock:
-        for launch in rank3_launches(x.shape, x.strides, out.strides, mask_shape, offset):
-            x_view, out_view = (kernel_view(view) for view in _views(x, out, launch))
-            alpha_rows(x_view, out_view, *launch.mask_strides, np.uint64(launch.word_offset),
-                       k0, k1, np.uint64(threshold), a, shift, dropped)
+        for x_view, out_view, mask_strides, word_offset in _row_views(x, out, mask_shape, offset):
+            kernel(x_view, out_view, *mask_strides, np.uint64(word_offset), k0, k1,
+                   _threshold(threshold), a, shift, dropped)
 
 
 def gaussian_forward(x, out, *, mask_shape, seed, offset, sigma):
     k0, k1 = _key(seed)
+    x, out = _plain(x), _plain(out)
+    kernel = _for_size(gaussian_rows, x.size)
     with _kernel_lock:
-        for launch in rank3_launches(x.shape, x.strides, out.strides, mask_shape, offset):
-            x_view, out_view = (kernel_view(view) for view in _views(x, out, launch))
-            gaussian_rows(x_view, out_view, *launch.mask_strides, np.uint64(launch.word_offset),
-                          k0, k1, np.float64(sigma))
+        for x_view, out_view, mask_strides, word_offset in _row_views(x, out, mask_shape, offset):
+            kernel(x_view, out_view, *mask_strides, np.uint64(word_offset), k0, k1, np.float64(sigma))
 
 
 def bias_dropout_add(x, bias, residual, out, *, seed, offset, threshold, scale):
-    k0, k1 = _key(seed)
-    compute = compute_dtype(x.dtype).type
-    has_bias = bias is not None
-    bias_values = bias if has_bias else np.zeros(1, dtype=x.dtype)
     if math.prod(x.shape) == 0:
         return
     if threshold == 0:  # nothing kept: residual + 0 (-0.0 becomes +0.0, as in the reference)
         np.add(residual, out.dtype.type(0), out=out)
         return
-    x, bias_values, residual, out = (kernel_view(a) for a in (x, bias_values, residual, out))
+    k0, k1 = _key(seed)
+    scale_value, zero = _compute_scalars(x.dtype, (scale, 0))
+    has_bias = bias is not None
+    bias_values = bias if has_bias else np.zeros(1, dtype=x.dtype)
+    x, bias_values, residual, out = (_plain(a) for a in (x, bias_values, residual, out))
     flat = [a.reshape(1, 1, -1) if a.flags.c_contiguous else np.empty((1, 1, 0), a.dtype)
             for a in (x, residual, out)]
+    kernel = _for_size(bias_dropout_add_rows, x.size)
     with _kernel_lock:
-        bias_dropout_add_rows(x, bias_values, residual, out, has_bias, np.uint64(offset), k0, k1,
-                              np.uint64(threshold), compute(scale), compute(0), *flat)
+        kernel(x, bias_values, residual, out, has_bias, np.uint64(offset), k0, k1,
+               _threshold(threshold), scale_value, zero, *flat)

@@ -1,6 +1,6 @@
 """Review tests for the prefetching Philox phase, the 32-bit keep compare, the flag-byte bit
 packing and the threshold-0 shortcuts (commits d2ef1ef and 3c33ec1), against the NumPy
-reference. Sizes straddle the serial/parallel switch (32768 elements) and CHUNK (4096)."""
+reference. Sizes straddle the serial/parallel switch (SERIAL_BELOW elements) and CHUNK (4096)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 
 import fastdrop
 from fastdrop import reference
+from fastdrop._numba_kernels import SERIAL_BELOW
 
 from conftest import assert_bitwise_equal
 
 CHUNK = 4096
-SERIAL_BELOW = 1 << 15
 TOP = 2**64
 
 
@@ -35,7 +35,7 @@ def _view(view, shape, dtype, seed):
     return pick(_normal(base_shape(shape), dtype, seed))
 
 
-# Widths: whole CHUNKs only, whole plus a partial one; rows 3 -> > 32768 elements (parallel).
+# Widths: whole CHUNKs only, whole plus a partial one; rows 3 -> > SERIAL_BELOW elements (parallel).
 @pytest.mark.parametrize("view", sorted(VIEWS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("width", [3 * CHUNK, 3 * CHUNK + 5])
@@ -56,7 +56,7 @@ def test_parallel_long_rows_views_and_unaligned_offsets(view, dtype, width):
         assert_bitwise_equal(fastdrop.dropout_backward(x, mask), expected)
 
 
-@pytest.mark.parametrize("rows", [7, 8])  # 7 * 4096 runs the serial twin, 8 * 4096 the parallel kernel
+@pytest.mark.parametrize("rows", [SERIAL_BELOW // CHUNK - 1, SERIAL_BELOW // CHUNK])  # serial twin, parallel kernel
 @pytest.mark.parametrize("offset", [0, 1, 2, 3, 5])
 def test_serial_and_parallel_sides_and_thread_counts(rows, offset):
     shape = (rows, CHUNK)
