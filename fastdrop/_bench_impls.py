@@ -14,8 +14,11 @@ Implementations, by name:
 ``torch``         ``torch.nn.functional.dropout`` (``dropout2d`` for channels) on an input that
                   requires grad, so that it keeps what its backward needs, as in training. It has
                   no packed-bit mask, so it has no ``_bits`` rows.
-``copy``          the roofline: a copy of the same array. CPU: a Numba ``prange`` copy on all cores;
-                  GPU: a device-to-device memcpy. ``copyto`` is ``np.copyto`` (one thread).
+``copy``          the roofline: a copy of the same array. CPU: a Numba ``prange`` copy on all cores
+                  into a preallocated array; GPU: a device-to-device memcpy. ``copy_alloc`` (CPU) is
+                  the same copy into a fresh ``np.empty_like`` array, the counterpart of a call that
+                  allocates its output: both pay the kernel's zeroing of the new pages on first
+                  touch. ``copyto`` is ``np.copyto`` (one thread).
 
 CuPy and PyTorch are imported here only when an implementation that needs them is prepared.
 """
@@ -32,12 +35,12 @@ import numpy as np
 
 #: Operations, in table order. ``copy`` is the roofline and is measured for every (n, dtype).
 OPS = ("forward", "backward", "forward_bits", "backward_bits", "spatial", "bias_dropout_add")
-DEFAULT_OPS = ("forward", "backward", "forward_bits", "spatial", "bias_dropout_add")
+DEFAULT_OPS = ("forward", "backward", "forward_bits", "backward_bits", "spatial", "bias_dropout_add")
 COPY_OP = "copy"
 
 CPU_IMPLS = ("fastdrop", "fastdrop_out", "numpy", "reference", "torch")
 GPU_IMPLS = ("fastdrop", "fastdrop_out", "cupy", "torch")
-COPY_IMPLS = {"cpu": ("copy", "copyto"), "gpu": ("copy",)}
+COPY_IMPLS = {"cpu": ("copy", "copy_alloc", "copyto"), "gpu": ("copy",)}
 
 #: The oracle runs only up to this many elements (it is pure NumPy in uint64, ~100x slower).
 REFERENCE_MAX_N = 1 << 16
@@ -377,6 +380,21 @@ def _copy(workload: Workload) -> Prepared:
                     f"Numba prange copy on {numba.get_num_threads()} threads")
 
 
+def _copy_alloc(workload: Workload) -> Prepared:
+    if workload.device == "gpu":
+        raise Unavailable("the allocating copy is a CPU baseline")
+    source = workload.array("x").reshape(-1)
+    words = np.dtype(f"u{source.itemsize}")
+    source = source.view(words)
+
+    def run():
+        destination = np.empty_like(source)
+        parallel_copy(source, destination)
+        return destination
+
+    return Prepared(run, 0, f"np.empty_like, then the Numba prange copy on {numba.get_num_threads()} threads")
+
+
 def _copyto(workload: Workload) -> Prepared:
     source = workload.array("x").reshape(-1)
     destination = np.empty_like(source)
@@ -391,4 +409,4 @@ _IMPLS = {
     "reference": _reference,
     "torch": _torch,
 }
-_COPIES = {"copy": _copy, "copyto": _copyto}
+_COPIES = {"copy": _copy, "copy_alloc": _copy_alloc, "copyto": _copyto}

@@ -3,7 +3,9 @@
 A document is what ``fastdrop bench --json`` writes: ``{"machine", "settings", "results",
 "skipped"}``. Ratios: ``x NumPy`` and ``x torch`` are speed-ups in time for the same operation
 (the other implementation's seconds over fastdrop's); ``% of copy`` compares throughput, fastdrop's
-GB/s (the bytes its operation must move) over the copy's GB/s at the same (n, dtype) in the same run.
+GB/s (the bytes its operation must move) over the copy's GB/s at the same (n, dtype) in the same run;
+the copy writes into a preallocated array, as ``out=`` does, and ``% of alloc. copy`` compares the
+allocating call with a copy into a fresh array (``copy_alloc``, CPU only).
 PyTorch has no packed-bit mask, so ``x torch`` on a ``_bits`` row compares with its plain op.
 """
 
@@ -15,6 +17,7 @@ import math
 COMPARED = (
     ("copy_pct", "fastdrop % of copy"),
     ("out_copy_pct", "fastdrop out= % of copy"),
+    ("alloc_copy_pct", "fastdrop % of allocating copy"),
     ("x_numpy", "fastdrop speed-up over NumPy"),
     ("x_torch", "fastdrop speed-up over torch"),
 )
@@ -43,6 +46,7 @@ def summary(document: dict) -> list[dict]:
         key = (result["device"], result["op"], result["n"], result["dtype"])
         baseline = "cupy" if result["device"] == "gpu" else "numpy"
         out = by_key.get((*key, "fastdrop_out"))
+        alloc_copy = by_key.get((key[0], "copy", key[2], key[3], "copy_alloc"))
         rows.append({
             "device": key[0], "op": key[1], "n": key[2], "dtype": key[3],
             "gbps": result["gbps"],
@@ -50,6 +54,7 @@ def summary(document: dict) -> list[dict]:
             "x_torch": _speedup(by_key, key, "torch", result),
             "copy_pct": _percent(result.get("copy_ratio")),
             "out_copy_pct": _percent(out.get("copy_ratio")) if out else None,
+            "alloc_copy_pct": 100.0 * result["gbps"] / alloc_copy["gbps"] if alloc_copy else None,
             "copy_gbps": result.get("copy_gbps"),
         })
     return rows
@@ -93,10 +98,10 @@ def _render(header: list[str], body: list[list[str]], markdown: bool) -> str:
 def format_summary(rows: list[dict], *, markdown: bool = False) -> str:
     gpu = any(row["device"] == "gpu" for row in rows)
     header = ["op", "n", "dtype", "fastdrop GB/s", "x CuPy" if gpu else "x NumPy", "x torch",
-              "% of copy", "out= % of copy", "copy GB/s"]
+              "% of copy", "out= % of copy", "% of alloc. copy", "copy GB/s"]
     body = [[row["op"], size_label(row["n"]), row["dtype"], _rate(row["gbps"]), _times(row["x_numpy"]),
              _times(row["x_torch"]), _cell(row["copy_pct"], 0, "%"), _cell(row["out_copy_pct"], 0, "%"),
-             _rate(row["copy_gbps"])] for row in rows]
+             _cell(row.get("alloc_copy_pct"), 0, "%"), _rate(row["copy_gbps"])] for row in rows]
     return _render(header, body, markdown)
 
 

@@ -1,5 +1,6 @@
 """Two LLVM-level operations for the Numba kernels that Numba does not offer: a branch-free
-choice (``pick``) and float64 bit casts (``float64_bits``, ``bits_float64``).
+choice (``pick``) and bit casts between floats and their IEEE bits (``float32_bits``,
+``bits_float32``, ``float64_bits``, ``bits_float64``).
 
 ``pick(keep, a, b)`` emits LLVM's ``select`` instruction. Numba lowers ``a if keep else b`` to a
 branch, and LLVM usually, not always, turns it back into a select and vectorises the loop. In the
@@ -9,7 +10,8 @@ kernel on one thread. With ``pick`` the loop's shape no longer depends on how th
 the branch. Both operands are evaluated, which the kernels want anyway: they are products and
 constants, never something that can fault.
 
-The bit casts let the Gaussian kernel take floats apart and build them (exponent fields, exact
+The bit casts let the half-precision conversions (``_numba_half``) and the Gaussian kernel take
+floats apart and build them (exponent fields, exact
 small integers) with vector integer operations: AVX2 has no 64-bit integer to float conversion,
 and LLVM turns one into a scalar loop.
 """
@@ -43,28 +45,43 @@ def pick(typingctx, keep, a, b):
     return result(keep, a, b), codegen
 
 
-@intrinsic
-def float64_bits(typingctx, value):
-    """The IEEE bits of a float64, as uint64."""
-    if value != types.float64:
-        return None
+def _bit_casts(float_type, llvm_float):
+    """(to_bits, from_bits) intrinsics for one float type: its IEEE bits as the unsigned integer
+    of its width, and back from any integer (wider ones truncated, narrower ones zero-extended:
+    Numba widens small unsigned arithmetic to 64 bits)."""
+    width = float_type.bitwidth
+    int_type = types.Integer.from_bitwidth(width, signed=False)
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(64))
+    def to_bits(typingctx, value):
+        if value != float_type:
+            return None
 
-    return types.uint64(types.float64), codegen
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.IntType(width))
+
+        return int_type(float_type), codegen
+
+    def from_bits(typingctx, bits):
+        if not isinstance(bits, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            value = args[0]
+            if bits.bitwidth > width:
+                value = builder.trunc(value, ir.IntType(width))
+            elif bits.bitwidth < width:
+                value = builder.zext(value, ir.IntType(width))
+            return builder.bitcast(value, llvm_float)
+
+        return float_type(bits), codegen
+
+    to_bits.__name__ = to_bits.__qualname__ = f"{float_type}_bits"
+    from_bits.__name__ = from_bits.__qualname__ = f"bits_{float_type}"
+    to_bits.__doc__ = f"The IEEE bits of a {float_type}, as uint{width}."
+    from_bits.__doc__ = (f"The {float_type} whose IEEE bits are the low {width} bits of the integer "
+                         "``bits`` (narrower integers zero-extended).")
+    return intrinsic(to_bits), intrinsic(from_bits)
 
 
-@intrinsic
-def bits_float64(typingctx, bits):
-    """The float64 whose IEEE bits are the 64-bit integer ``bits`` (narrower ones zero-extended)."""
-    if not isinstance(bits, types.Integer) or bits.bitwidth > 64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        value = args[0]
-        if bits.bitwidth < 64:
-            value = builder.zext(value, ir.IntType(64))
-        return builder.bitcast(value, ir.DoubleType())
-
-    return types.float64(bits), codegen
+float32_bits, bits_float32 = _bit_casts(types.float32, ir.FloatType())
+float64_bits, bits_float64 = _bit_casts(types.float64, ir.DoubleType())

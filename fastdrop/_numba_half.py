@@ -18,38 +18,9 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic, overload
 
+from fastdrop._numba_bits import bits_float32, float32_bits
+
 _jit = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
-
-
-@intrinsic
-def float32_bits(typingctx, value):
-    """The IEEE bits of a float32, as uint32."""
-    if value != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.uint32(types.float32), codegen
-
-
-@intrinsic
-def bits_float32(typingctx, bits):
-    """The float32 whose IEEE bits are the low 32 bits of the integer ``bits`` (Numba widens
-    uint32 arithmetic to 64 bits, so wider integers are accepted and truncated)."""
-    if not isinstance(bits, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        value = args[0]
-        if bits.bitwidth > 32:
-            value = builder.trunc(value, ir.IntType(32))
-        elif bits.bitwidth < 32:
-            value = builder.zext(value, ir.IntType(32))
-        return builder.bitcast(value, ir.FloatType())
-
-    return types.float32(bits), codegen
-
 
 _SUBNORMAL_UNIT = np.float32(2.0**-24)  # the value of a half's last mantissa bit below 2**-14
 
