@@ -17,8 +17,9 @@ Implementations, by name:
 ``copy``          the roofline: a copy of the same array. CPU: a Numba ``prange`` copy on all cores
                   into a preallocated array; GPU: a device-to-device memcpy. ``copy_alloc`` (CPU) is
                   the same copy into a fresh ``np.empty_like`` array, the counterpart of a call that
-                  allocates its output: both pay the kernel's zeroing of the new pages on first
-                  touch. ``copyto`` is ``np.copyto`` (one thread).
+                  allocates its output: both allocate alike, so above glibc's mmap threshold (at most
+                  32 MiB) both pay the kernel's zeroing of new pages on first touch, and below it
+                  both may reuse freed memory. ``copyto`` is ``np.copyto`` (one thread).
 
 CuPy and PyTorch are imported here only when an implementation that needs them is prepared.
 """

@@ -20,17 +20,15 @@ scaled select) use the core backend's ``forward`` directly.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numba
 import numpy as np
 
 from fastdrop import reference
-from fastdrop._contract import compute_dtype
 from fastdrop._kernel_cache import discard_stale_kernels
 from fastdrop._numba_half import as_compute, load, store
-from fastdrop._numba_backend import _kernel_lock, _key, _plain, _row_views, _threshold
+from fastdrop._numba_backend import _kernel_lock, _key, _plain, _row_views, _threshold, compute_scalars
 from fastdrop._numba_kernels import (
     _BUFFER_WORDS, CHUNK, SERIAL_BELOW, _jit, _serial_twin, fill_words, philox4x32_10, task_place,
     task_words, word_at,
@@ -245,18 +243,11 @@ def _for_size(kernel, n_elements: int):
     return _SERIAL[kernel] if n_elements < SERIAL_BELOW else kernel
 
 
-@functools.lru_cache(maxsize=256)
-def _compute_scalars(dtype, values: tuple):
-    """``values`` as scalars of ``dtype``'s compute dtype (cached: they repeat from call to call)."""
-    compute = compute_dtype(dtype).type
-    return tuple(compute(value) for value in values)
-
-
 def alpha_forward(x, out, *, mask_shape, seed, offset, threshold, affine):
     k0, k1 = _key(seed)
     # In the compute dtype, as the reference; a float16 store rounds the dropped value from
     # float32, as the reference's astype does.
-    a, shift, dropped = _compute_scalars(x.dtype, tuple(affine))
+    a, shift, dropped = compute_scalars(x.dtype, *affine)
     x, out = _plain(x), _plain(out)
     kernel = _for_size(alpha_rows, x.size)
     with _kernel_lock:
@@ -281,7 +272,7 @@ def bias_dropout_add(x, bias, residual, out, *, seed, offset, threshold, scale):
         np.add(residual, out.dtype.type(0), out=out)
         return
     k0, k1 = _key(seed)
-    scale_value, zero = _compute_scalars(x.dtype, (scale, 0))
+    scale_value, zero = compute_scalars(x.dtype, scale, 0.0)
     has_bias = bias is not None
     bias_values = bias if has_bias else np.zeros(1, dtype=x.dtype)
     x, bias_values, residual, out = (_plain(a) for a in (x, bias_values, residual, out))

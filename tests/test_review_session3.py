@@ -111,8 +111,8 @@ def test_gaussian_strided_rows_every_parity(dtype, width):
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 4096 * 2 + 1])
 def test_gaussian_at_the_very_end_of_the_counter_space(n):
-    # The last valid offset: the element at 2**64 - 2 (when n is odd... its pair's odd word at
-    # 2**64 - 1) must come from the last counter without wrapping.
+    # The last valid offset (offset + n + 1 words <= 2**64): the last element is word 2**64 - 2,
+    # whose pair (2**64 - 2, 2**64 - 1) is the top half of the last counter; nothing may wrap.
     x = np.random.default_rng(n).standard_normal(n)
     offset = TOP - n - 1
     y, _ = fastdrop.gaussian_dropout(x, 0.5, seed=3, offset=offset)
@@ -128,12 +128,15 @@ def test_gaussian_at_the_very_end_of_the_counter_space(n):
 @pytest.mark.parametrize("n", [100, SERIAL_BELOW + 100])
 def test_alpha_extreme_thresholds_both_sides(dtype, p, n):
     x = _values(n, dtype, 5)
+    with np.errstate(all="ignore"):  # float16 overflow of a * x + b near p = 1 in the oracle
+        expected = reference.alpha_dropout(x.copy(), p, seed=1, offset=2)
+        xr = x.reshape(-1, 4)  # a row mask: one word per row of 4
+        shape = (xr.shape[0], 1)
+        expected_rows = reference.alpha_dropout(xr.copy(), p, seed=1, offset=2, mask_shape=shape)
     y, _ = fastdrop.alpha_dropout(x, p, seed=1, offset=2)
-    assert_bitwise_equal(y, reference.alpha_dropout(x.copy(), p, seed=1, offset=2))
-    xr = x.reshape(-1, 4)  # a row mask: one word per row of 4
-    shape = (xr.shape[0], 1)
+    assert_bitwise_equal(y, expected)
     y, _ = fastdrop.alpha_dropout(xr, p, seed=1, offset=2, mask_shape=shape)
-    assert_bitwise_equal(y, reference.alpha_dropout(xr.copy(), p, seed=1, offset=2, mask_shape=shape))
+    assert_bitwise_equal(y, expected_rows)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -173,15 +176,39 @@ def test_bias_dropout_add_at_the_end_of_the_counter_space():
         assert_bitwise_equal(y, expected)
 
 
+class _Sub(np.ndarray):
+    """A plain ndarray subclass (np.matrix warns on creation)."""
+
+
 def test_variants_accept_ndarray_subclasses():
-    x = _values((6, 9), np.float32, 4, nonfinite=False)
-    m = np.asmatrix(x)
-    y, _ = fastdrop.alpha_dropout(m, 0.3, seed=2, offset=1)
-    assert_bitwise_equal(np.asarray(y), reference.alpha_dropout(x, 0.3, seed=2, offset=1))
-    y, _ = fastdrop.gaussian_dropout(m, 0.3, seed=2, offset=1)
-    assert_bitwise_equal(np.asarray(y), reference.gaussian_dropout(x, 0.3, seed=2, offset=1))
-    y, _ = fastdrop.bias_dropout_add(m, None, np.asmatrix(x.copy()), 0.3, seed=2, offset=1)
-    assert_bitwise_equal(np.asarray(y), reference.bias_dropout_add(x, None, x.copy(), 0.3, seed=2, offset=1))
+    for dtype in DTYPES:
+        x = _values((6, 9), dtype, 4, nonfinite=False)
+        m = x.view(_Sub)
+        y, _ = fastdrop.alpha_dropout(m, 0.3, seed=2, offset=1)
+        assert_bitwise_equal(np.asarray(y), reference.alpha_dropout(x, 0.3, seed=2, offset=1))
+        y, _ = fastdrop.gaussian_dropout(m, 0.3, seed=2, offset=1, mask_shape=(6, 1))
+        assert_bitwise_equal(np.asarray(y), reference.gaussian_dropout(x, 0.3, seed=2, offset=1, mask_shape=(6, 1)))
+        y, _ = fastdrop.bias_dropout_add(m, None, x.copy().view(_Sub), 0.3, seed=2, offset=1)
+        assert_bitwise_equal(np.asarray(y), reference.bias_dropout_add(x, None, x.copy(), 0.3, seed=2, offset=1))
+        _, mask = fastdrop.dropout(m, 0.3, seed=2, offset=1, keep_bits=True)
+        assert_bitwise_equal(np.asarray(fastdrop.dropout_backward(m, mask)),
+                             reference.dropout_backward(x, 0.3, seed=2, offset=1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_dimensional_and_short_masks(dtype):
+    x0 = np.asarray(np.float64(1.25)).astype(dtype)
+    for offset in (0, 1, TOP - 2):
+        y, _ = fastdrop.alpha_dropout(x0, 0.5, seed=3, offset=offset)
+        assert_bitwise_equal(y, reference.alpha_dropout(x0, 0.5, seed=3, offset=offset))
+        y, _ = fastdrop.gaussian_dropout(x0, 0.5, seed=3, offset=offset)
+        assert_bitwise_equal(y, reference.gaussian_dropout(x0, 0.5, seed=3, offset=offset))
+    x = _values((6, 9), dtype, 5)
+    for mask_shape in [(9,), (1, 9), (6, 1), (1, 1), ()]:
+        y, _ = fastdrop.alpha_dropout(x, 0.4, seed=3, offset=5, mask_shape=mask_shape)
+        assert_bitwise_equal(y, reference.alpha_dropout(x, 0.4, seed=3, offset=5, mask_shape=mask_shape))
+        y, _ = fastdrop.gaussian_dropout(x, 0.4, seed=3, offset=5, mask_shape=mask_shape)
+        assert_bitwise_equal(y, reference.gaussian_dropout(x, 0.4, seed=3, offset=5, mask_shape=mask_shape))
 
 
 @pytest.mark.parametrize("shape, mask_shape", [((0, 3, 4), (0, 3, 1)), ((2, 0, 4), (2, 0, 4)),
@@ -350,3 +377,83 @@ def test_report_alloc_copy_column_and_compare_with_an_old_document():
     gpu = {"results": [_result("forward", "fastdrop", n, 4.0, copy_ratio=0.4, device="gpu")]}
     assert _bench_report.summary(gpu)[0]["alloc_copy_pct"] is None
     assert "-" in _bench_report.format_summary(_bench_report.summary(gpu))
+
+
+# ------------------------------------------------------------------ randomised layouts
+
+def _random_case(rng):
+    ndim = int(rng.integers(1, 5))
+    shape = tuple(int(rng.choice([1, 2, 3, 5, 8, 9, 17, 33])) for _ in range(ndim))
+    while np.prod(shape) > 6000:  # keep the oracle fast
+        shape = shape[1:]
+    mask_shape = tuple(d if rng.random() < 0.6 else 1 for d in shape)
+    if rng.random() < 0.3:
+        mask_shape = mask_shape[int(rng.integers(0, ndim)):]  # fewer axes: leading ones implied
+    dtype = DTYPES[int(rng.integers(0, 3))]
+    base = _values(tuple(2 * d for d in shape), dtype, int(rng.integers(0, 2**31)))
+    layout = rng.choice(["C", "F", "step", "neg", "transposed"])
+    if layout == "C":
+        x = np.ascontiguousarray(base[tuple(slice(0, d) for d in shape)])
+    elif layout == "F":
+        x = np.asfortranarray(base[tuple(slice(0, d) for d in shape)])
+    elif layout == "step":
+        x = base[tuple(slice(0, 2 * d, 2) for d in shape)]
+    elif layout == "neg":
+        x = base[tuple(slice(d - 1, None, -1) if d > 1 else slice(0, 1) for d in shape)]
+    else:
+        x = np.ascontiguousarray(base[tuple(slice(0, d) for d in shape)].T).T
+    n_mask = int(np.prod(mask_shape)) if mask_shape else 1
+    offset = [0, 1, 2, 3, 4093, TOP - n_mask - 1][int(rng.integers(0, 6))]
+    return x, mask_shape, offset
+
+
+def test_randomised_layouts_masks_and_offsets_against_the_reference():
+    rng = np.random.default_rng(20261128)
+    for case in range(60):
+        x, mask_shape, offset = _random_case(rng)
+        p = float(rng.choice([0.1, 0.5, 0.9]))
+        host = np.array(x)
+        with np.errstate(all="ignore"):
+            expected_alpha = reference.alpha_dropout(host, p, seed=case, offset=offset, mask_shape=mask_shape)
+            expected_gauss = reference.gaussian_dropout(host, p, seed=case, offset=offset, mask_shape=mask_shape)
+            expected_back = reference.dropout_backward(host, p, seed=case, offset=offset, mask_shape=mask_shape)
+        context = (x.shape, x.strides, x.dtype, mask_shape, offset, p)
+        y, _ = fastdrop.alpha_dropout(x, p, seed=case, offset=offset, mask_shape=mask_shape)
+        assert_bitwise_equal(y, expected_alpha), context
+        y, _ = fastdrop.gaussian_dropout(x, p, seed=case, offset=offset, mask_shape=mask_shape)
+        assert_bitwise_equal(y, expected_gauss), context
+        _, mask = fastdrop.dropout(x, p, seed=case, offset=offset, mask_shape=mask_shape, keep_bits=True)
+        out = np.empty(x.shape, x.dtype, order="F")
+        fastdrop.dropout_backward(x, mask, out=out)
+        assert_bitwise_equal(out, expected_back), context
+        assert_bitwise_equal(x, host)  # inputs untouched
+
+
+def test_bench_targets_measure_ratios_without_timing(monkeypatch):
+    # bench/targets.py's ratios from fixed "timings" (no timing loop): each round asks for the
+    # implementations in IMPLS order.
+    import importlib.util
+    import itertools
+    from pathlib import Path
+
+    from fastdrop import _bench_impls as impls
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "targets.py"
+    spec = importlib.util.spec_from_file_location("_review_targets", path)
+    targets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(targets)
+    fixed = {"copy": 1.0, "copy_alloc": 2.0, "fastdrop": 4.0, "fastdrop_out": 2.0, "numpy": 8.0, "torch": 12.0}
+    assert set(fixed) == set(targets.IMPLS)
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("bench/targets.py runs PyTorch")
+    n = 1 << 10
+    for op in targets.OPS:
+        seconds = itertools.cycle([fixed[impl] for impl in targets.IMPLS])
+        monkeypatch.setattr(targets, "_best_of", lambda run, calls: next(seconds))
+        result = targets.measure(op, n, 2, 0.1)
+        bytes_ratio = impls.bytes_moved(op, n, 4, 0) / impls.bytes_moved(impls.COPY_OP, n, 4, 0)
+        assert result["copy"]["median"] == pytest.approx(bytes_ratio / 4)
+        assert result["copy_out"]["median"] == pytest.approx(bytes_ratio / 2)
+        assert result["alloc_copy"]["median"] == pytest.approx(bytes_ratio / 2)
+        assert result["numpy"]["median"] == pytest.approx(2.0)
+        assert result["torch"]["median"] == pytest.approx(3.0)

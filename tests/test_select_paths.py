@@ -182,3 +182,12 @@ def test_gaussian_dropout_every_start_parity(dtype, n):
         assert_bitwise_equal(y, reference.gaussian_dropout(x, 0.2, seed=17, offset=offset))
         dx = fastdrop.gaussian_dropout_backward(x, noise)
         assert_bitwise_equal(dx, reference.gaussian_dropout_backward(x, 0.2, seed=17, offset=offset))
+
+
+def test_cached_kernel_scalars_keep_the_sign_of_zero():
+    from fastdrop._numba_backend import compute_scalars
+
+    assert compute_scalars(np.dtype(np.float32), 1.0, 0.0, 0.0)[2].tobytes() == np.float32(0.0).tobytes()
+    negative = compute_scalars(np.dtype(np.float32), 1.0, 0.0, -0.0)[2]
+    assert negative.tobytes() == np.float32(-0.0).tobytes()
+    assert compute_scalars(np.dtype(np.float16), 0.1)[0].dtype == np.float32  # the compute dtype
