@@ -42,16 +42,22 @@ _MASK32 = np.uint64(0xFFFFFFFF)
 #: Gathers the low bits of a uint64's eight bytes into its top byte, byte k to bit k.
 _PACK_MAGIC = np.uint64(0x0102040810204080)
 _LITTLE_ENDIAN = sys.byteorder == "little"  # byte k of a uint64 is its k-th byte in memory
+#: A byte copied to all eight bytes of a uint64, and bit k kept in byte k (unpacking bits).
+_SPREAD_BYTE = np.uint64(0x0101010101010101)
+_BIT_PER_BYTE = np.uint64(0x8040201008040201)
 _SHIFT32 = np.uint64(32)
 
 _jit = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
 
 #: Below this many elements a kernel runs on the calling thread: starting the parallel region
-#: costs more than it saves (here about 3 us on a quiet machine, much more on a busy one, where
-#: the region waits for its slowest thread). Measured with 2 threads: forward at 2^13 elements
-#: 9.2 us serial, 6.8 parallel; at 2^14 16.9 and 10.6; the margin below 2^14 is left to busy
-#: machines.
-SERIAL_BELOW = 1 << 14
+#: costs more than it saves. Measured through the API on this project's 2-core machine, where
+#: waking the passive OpenMP threads costs about 10 us per call (much more on a busy machine,
+#: where the region waits for its slowest thread): a float32 forward with ``out=`` took 32 us
+#: serial and 39 parallel at 2^14 elements, 49 and 46 at 2^15.
+SERIAL_BELOW = 1 << 15
+#: The same for the backward from packed bits, which has no Philox work (about a fifth of the
+#: forward's time per element): 17 us serial and 26 parallel at 2^15, 36 and 36 at 2^17.
+SERIAL_BELOW_BITS = 1 << 17
 
 
 @numba.njit(inline="always", **_jit)
@@ -295,16 +301,20 @@ def select_rows_from_bits(x, out, mask_base, mask_stride0, mask_stride1, mask_st
         out_row = out[i0, i1, start : start + count]
         done = 0
         first_bit = base + start * mask_stride2
-        if mask_stride2 == 1 and first_bit % 8 == 0:
-            # One mask byte per 8 elements: a constant inner loop of shifts that LLVM vectorises
-            # (a per-element byte index and bit shift does not, and ran at half this speed).
-            row_bits = bits[first_bit // 8 : first_bit // 8 + count // 8]
-            for b in range(count // 8):
-                byte = np.uint32(row_bits[b])
-                for k in range(8):
-                    keep = ((byte >> np.uint32(k)) & np.uint32(1)) != 0
-                    store(out_row, 8 * b + k, pick(keep, load(x_row, 8 * b + k) * scale, zero))
-            done = count - count % 8
+        if mask_stride2 == 1 and first_bit % 8 == 0 and _LITTLE_ENDIAN:
+            # Whole mask bytes become one flag byte per element, eight at a time: byte k of
+            # (byte * 0x0101010101010101) & 0x8040201008040201 is bit k of the mask byte (no
+            # carries: each product byte is the byte itself). Then the same vectorised select as
+            # the forward; a per-element bit shift ran at 2.4x the time here.
+            whole = count // 8
+            flags = np.empty(CHUNK, dtype=np.uint8)
+            groups = flags.view(np.uint64)
+            row_bits = bits[first_bit // 8 : first_bit // 8 + whole]
+            for b in range(whole):
+                groups[b] = (np.uint64(row_bits[b]) * _SPREAD_BYTE) & _BIT_PER_BYTE
+            for j in range(8 * whole):
+                store(out_row, j, pick(flags[j] != 0, load(x_row, j) * scale, zero))
+            done = 8 * whole
         for j in range(done, count):
             m = base + (start + j) * mask_stride2
             keep = ((bits[m >> 3] >> (m & 7)) & 1) != 0
@@ -364,6 +374,12 @@ SERIAL = {
 }
 
 
-def for_size(kernel, n_elements: int):
-    """``kernel`` itself, or its serial twin for problems too small to share out."""
-    return SERIAL.get(kernel, kernel) if n_elements < SERIAL_BELOW else kernel
+_SERIAL_BELOW = {select_rows_from_bits: SERIAL_BELOW_BITS}
+
+
+def for_size(kernel, n_elements: int, serial_below: int | None = None):
+    """``kernel`` itself, or its serial twin for problems too small to share out (fewer than
+    ``serial_below`` elements: by default the kernel's own threshold, else SERIAL_BELOW)."""
+    if serial_below is None:
+        serial_below = _SERIAL_BELOW.get(kernel, SERIAL_BELOW)
+    return SERIAL.get(kernel, kernel) if n_elements < serial_below else kernel

@@ -237,10 +237,14 @@ def bias_dropout_add_rows(x, bias, residual, out, has_bias, word_offset, k0, k1,
 
 #: Serial twins of the kernels for problems too small to share out (see ``_numba_kernels``).
 _SERIAL = {kernel: _serial_twin(kernel) for kernel in (alpha_rows, gaussian_rows, bias_dropout_add_rows)}
+#: Gaussian dropout does about 6x the forward's work per element, so it shares out sooner: from
+#: two tasks (CHUNK elements each) on.
+GAUSSIAN_SERIAL_BELOW = 2 * CHUNK
 
 
 def _for_size(kernel, n_elements: int):
-    return _SERIAL[kernel] if n_elements < SERIAL_BELOW else kernel
+    serial_below = GAUSSIAN_SERIAL_BELOW if kernel is gaussian_rows else SERIAL_BELOW
+    return _SERIAL[kernel] if n_elements < serial_below else kernel
 
 
 def alpha_forward(x, out, *, mask_shape, seed, offset, threshold, affine):

@@ -15,7 +15,7 @@ import pytest
 import fastdrop
 from fastdrop import _bench_report, reference
 from fastdrop._numba_bits import bits_float64, float64_bits, pick
-from fastdrop._numba_kernels import CHUNK, SERIAL_BELOW
+from fastdrop._numba_kernels import CHUNK, SERIAL_BELOW, SERIAL_BELOW_BITS
 from fastdrop._numba_variants import _exact_float, box_muller_pair
 
 from conftest import assert_bitwise_equal
@@ -246,7 +246,7 @@ def test_backward_bits_broadcast_rows_with_aligned_and_unaligned_bases(dtype, ma
     assert_bitwise_equal(inplace, expected)
 
 
-@pytest.mark.parametrize("n", [8, 9, 15, 16, SERIAL_BELOW - 8, SERIAL_BELOW + 7])
+@pytest.mark.parametrize("n", [8, 9, 15, 16, SERIAL_BELOW_BITS - 8, SERIAL_BELOW_BITS + 7])
 def test_backward_bits_one_row_tails(n):
     dy = _values(n, np.float32, n)
     for p in (0.5, 1e-12, 1.0 - 1e-12):
@@ -314,7 +314,7 @@ def test_box_muller_pair_random_words_against_reference(monkeypatch):
 # ------------------------------------------------------------------ threads
 
 def test_variants_from_several_threads():
-    sizes = [1000, SERIAL_BELOW + 77]
+    sizes = [1000, SERIAL_BELOW + 77, SERIAL_BELOW_BITS + 5]  # serial, parallel (bits serial), all parallel
     cases = []
     for i, n in enumerate(sizes * 2):
         x = _values(n, np.float32, 40 + i, nonfinite=False)

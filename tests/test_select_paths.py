@@ -14,9 +14,9 @@ import pytest
 
 import fastdrop
 from fastdrop import reference
-from fastdrop._numba_kernels import SERIAL_BELOW
+from fastdrop._numba_kernels import SERIAL_BELOW, SERIAL_BELOW_BITS
 from fastdrop._numba_bits import pick
-from fastdrop._numba_variants import box_muller_pair
+from fastdrop._numba_variants import GAUSSIAN_SERIAL_BELOW, box_muller_pair
 
 from conftest import assert_bitwise_equal
 
@@ -50,7 +50,7 @@ def test_backward_from_bits_rows_on_and_off_byte_boundaries(dtype, width):
     assert_bitwise_equal(dy, dy_host)  # the input is untouched
 
 
-@pytest.mark.parametrize("n", [SERIAL_BELOW - 9, SERIAL_BELOW + 13, 3 * SERIAL_BELOW])
+@pytest.mark.parametrize("n", [SERIAL_BELOW_BITS - 9, SERIAL_BELOW_BITS + 13])
 @pytest.mark.parametrize("order", ["C", "F", "strided", "reversed"])
 def test_backward_from_bits_layouts_serial_and_parallel(n, order):
     rows = 4
@@ -174,7 +174,7 @@ def test_box_muller_pair_matches_the_reference_on_edge_words(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n", [1, 2, 5, 4095, 4097, SERIAL_BELOW + 3])
+@pytest.mark.parametrize("n", [1, 2, 5, 4095, 4097, GAUSSIAN_SERIAL_BELOW - 1, GAUSSIAN_SERIAL_BELOW + 3])
 def test_gaussian_dropout_every_start_parity(dtype, n):
     x = np.random.default_rng(n).standard_normal(n).astype(dtype)
     for offset in (0, 1, 2, 3, 2**64 - n - 1):
@@ -191,3 +191,13 @@ def test_cached_kernel_scalars_keep_the_sign_of_zero():
     negative = compute_scalars(np.dtype(np.float32), 1.0, 0.0, -0.0)[2]
     assert negative.tobytes() == np.float32(-0.0).tobytes()
     assert compute_scalars(np.dtype(np.float16), 0.1)[0].dtype == np.float32  # the compute dtype
+
+
+def test_unpacking_multiply_gives_bit_k_in_byte_k_for_every_byte():
+    from fastdrop._numba_kernels import _BIT_PER_BYTE, _SPREAD_BYTE
+
+    every = np.arange(256, dtype=np.uint64)
+    spread = ((every * _SPREAD_BYTE) & _BIT_PER_BYTE).astype("<u8")
+    flags = spread.view(np.uint8).reshape(256, 8) != 0
+    expected = np.unpackbits(every.astype(np.uint8)[:, None], axis=1, bitorder="little").astype(bool)
+    np.testing.assert_array_equal(flags, expected)
