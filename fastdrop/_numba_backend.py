@@ -75,15 +75,26 @@ _SCALAR_CACHE_SIZE = 256
 
 
 def compute_scalars(dtype, *values):
-    """``values`` as scalars of ``dtype``'s compute dtype, cached by their exact bits: the key is
-    each value's float hex text, so -0.0 and 0.0 (equal, with equal hashes) stay apart."""
-    return _compute_scalars(dtype, tuple(float(value).hex() for value in values))
+    """``values`` as scalars of ``dtype``'s compute dtype, cached. The key holds each value's
+    sign too (``copysign(1, v)``), so -0.0 and 0.0, equal and with equal hashes, stay apart."""
+    return _compute_scalars(dtype, values, tuple(map(math.copysign, _ONES, values)))
+
+
+_ONES = (1.0,) * 8
 
 
 @functools.lru_cache(maxsize=_SCALAR_CACHE_SIZE)
-def _compute_scalars(dtype, values: tuple):
+def _scale_and_zero(dtype, scale: float):
+    """The core kernels' scale (never a zero: 1 / (1 - p) or alpha dropout's a) and +0.0, as
+    scalars of the compute dtype; a cheaper key than ``compute_scalars``, for every call."""
     compute = compute_dtype(dtype).type
-    return tuple(compute(float.fromhex(value)) for value in values)
+    return compute(scale), compute(0.0)
+
+
+@functools.lru_cache(maxsize=_SCALAR_CACHE_SIZE)
+def _compute_scalars(dtype, values: tuple, signs: tuple):
+    compute = compute_dtype(dtype).type
+    return tuple(compute(value) for value in values)
 
 
 @functools.lru_cache(maxsize=_SCALAR_CACHE_SIZE)
@@ -129,7 +140,7 @@ def _row_views(x, out, mask_shape, offset):
 
 
 def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
-    scale_value, zero = compute_scalars(x.dtype, scale, 0.0)  # from x's own dtype, before _plain
+    scale_value, zero = _scale_and_zero(x.dtype, scale)  # from x's own dtype, before _plain
     x, out = _plain(x), _plain(out)
     if threshold == 0:  # nothing kept (p = 1, or within 2**-33 of it): zeros, no words needed
         out[...] = 0
@@ -158,7 +169,7 @@ def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
 
 
 def apply_bits(dy, out, *, mask_shape, bits, scale):
-    scale_value, zero = compute_scalars(dy.dtype, scale, 0.0)  # from dy's own dtype, before _plain
+    scale_value, zero = _scale_and_zero(dy.dtype, scale)  # from dy's own dtype, before _plain
     dy, out = _plain(dy), _plain(out)
     select_rows_from_bits = kernels.for_size(kernels.select_rows_from_bits, dy.size)
     # With word offset 0, a row's word offset is the mask's flat index of its first element.
