@@ -79,7 +79,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     print(f"command: {' '.join(sys.argv)}")
     print(f"{args.rounds} interleaved rounds, float32, p = {args.p}; median [min, max]\n")
-    print("op | n | fastdrop out= ns/element | out= % of copy | x NumPy | x torch (allocating calls)")
+    print("op | n | fastdrop out= ns/element | out= % of copy | x NumPy | x torch")
+    print("(x NumPy and x torch: time ratios of allocating calls)")
     for op in ("alpha", "gaussian"):
         for text in args.sizes.split(","):
             n = _size(text)
@@ -92,7 +93,9 @@ def main(argv=None) -> int:
                 seen["copy"].append(100 * seconds["copy"] / seconds["fastdrop_out"])
                 seen["numpy"].append(seconds["numpy"] / seconds["fastdrop"])
                 seen["torch"].append(seconds["torch"] / seconds["fastdrop"])
-            cells = [f"{statistics.median(v):.2f} [{min(v):.2f}, {max(v):.2f}]" for v in seen.values()]
+            cells = [f"{statistics.median(v):.2f} [{min(v):.2f}, {max(v):.2f}]" for v in (seen["ns"],)]
+            cells += [f"{statistics.median(seen['copy']):.0f}% [{min(seen['copy']):.0f}, {max(seen['copy']):.0f}]"]
+            cells += [f"{statistics.median(v):.1f}x [{min(v):.1f}, {max(v):.1f}]" for v in (seen["numpy"], seen["torch"])]
             print(" | ".join([op, text, *cells]), flush=True)
     info = machine_info("cpu")
     print(f"\n{info['cpu']}, {info['cores']} cores, numba {info['numba']} ({info['numba_threads']} threads), "
