@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import threading
@@ -77,10 +78,7 @@ _SCALAR_CACHE_SIZE = 256
 def compute_scalars(dtype, *values):
     """``values`` as scalars of ``dtype``'s compute dtype, cached. The key holds each value's
     sign too (``copysign(1, v)``), so -0.0 and 0.0, equal and with equal hashes, stay apart."""
-    return _compute_scalars(dtype, values, tuple(map(math.copysign, _ONES, values)))
-
-
-_ONES = (1.0,) * 8
+    return _compute_scalars(dtype, values, tuple(map(math.copysign, itertools.repeat(1.0), values)))
 
 
 @functools.lru_cache(maxsize=_SCALAR_CACHE_SIZE)

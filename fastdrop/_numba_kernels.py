@@ -377,9 +377,8 @@ SERIAL = {
 _SERIAL_BELOW = {select_rows_from_bits: SERIAL_BELOW_BITS}
 
 
-def for_size(kernel, n_elements: int, serial_below: int | None = None):
-    """``kernel`` itself, or its serial twin for problems too small to share out (fewer than
-    ``serial_below`` elements: by default the kernel's own threshold, else SERIAL_BELOW)."""
-    if serial_below is None:
-        serial_below = _SERIAL_BELOW.get(kernel, SERIAL_BELOW)
+def for_size(kernel, n_elements: int):
+    """``kernel`` itself, or its serial twin for problems too small to share out (below the
+    kernel's own threshold, else SERIAL_BELOW)."""
+    serial_below = _SERIAL_BELOW.get(kernel, SERIAL_BELOW)
     return SERIAL.get(kernel, kernel) if n_elements < serial_below else kernel

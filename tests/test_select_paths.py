@@ -201,3 +201,11 @@ def test_unpacking_multiply_gives_bit_k_in_byte_k_for_every_byte():
     flags = spread.view(np.uint8).reshape(256, 8) != 0
     expected = np.unpackbits(every.astype(np.uint8)[:, None], axis=1, bitorder="little").astype(bool)
     np.testing.assert_array_equal(flags, expected)
+
+
+def test_cached_kernel_scalars_take_any_number_of_values():
+    from fastdrop._numba_backend import compute_scalars
+
+    values = (1.0, -0.0, 0.0, 2.5, -1.0, 3.0, 4.0, 5.0, 6.0, -0.0)  # more than eight
+    got = compute_scalars(np.dtype(np.float64), *values)
+    assert [v.tobytes() for v in got] == [np.float64(v).tobytes() for v in values]
