@@ -1,6 +1,6 @@
-"""Two LLVM-level operations for the Numba kernels that Numba does not offer: a branch-free
-choice (``pick``) and bit casts between floats and their IEEE bits (``float32_bits``,
-``bits_float32``, ``float64_bits``, ``bits_float64``).
+"""LLVM-level operations for the Numba kernels that Numba does not offer: a branch-free choice
+(``pick``), bit casts between floats and their IEEE bits (``float32_bits``, ``bits_float32``,
+``float64_bits``, ``bits_float64``) and a contiguous view of a unit-stride row (``unit_stride``).
 
 ``pick(keep, a, b)`` emits LLVM's ``select`` instruction. Numba lowers ``a if keep else b`` to a
 branch, and LLVM usually, not always, turns it back into a select and vectorises the loop. In the
@@ -19,8 +19,10 @@ and LLVM turns one into a scalar loop.
 from __future__ import annotations
 
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
+from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
+from numba.np.arrayobj import populate_array
 
 
 @intrinsic
@@ -85,3 +87,31 @@ def _bit_casts(float_type, llvm_float):
 
 float32_bits, bits_float32 = _bit_casts(types.float32, ir.FloatType())
 float64_bits, bits_float64 = _bit_casts(types.float64, ir.DoubleType())
+
+
+@intrinsic
+def unit_stride(typingctx, row):
+    """The 1-D array ``row`` typed as C-contiguous: same memory, shape and owner, stride one
+    element. Only for rows whose stride is their itemsize (the caller checks; any stride is fine
+    for a row of at most one element).
+
+    A view of a non-contiguous array (a column slice, rows of a sliced matrix) has Numba layout
+    'A' even where each row is contiguous, and a loop over such a row steps by a runtime stride:
+    LLVM does not vectorise it (0.37 G elements/s against 1.1 for the same dropout on
+    contiguous rows here). Through this view it does.
+    """
+    if not isinstance(row, types.Array) or row.ndim != 1:
+        return None
+    result = row.copy(layout="C")
+
+    def codegen(context, builder, signature, args):
+        source = context.make_array(signature.args[0])(context, builder, args[0])
+        view = context.make_array(signature.return_type)(context, builder)
+        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(
+            context.get_data_type(signature.return_type.dtype)))
+        populate_array(view, data=source.data, shape=source.shape,
+                       strides=cgutils.pack_array(builder, [itemsize]), itemsize=source.itemsize,
+                       meminfo=source.meminfo, parent=source.parent)
+        return impl_ret_borrowed(context, builder, signature.return_type, view._getvalue())
+
+    return result(row), codegen

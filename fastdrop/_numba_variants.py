@@ -31,9 +31,9 @@ from fastdrop._numba_half import as_compute, load, store
 from fastdrop._numba_backend import _kernel_lock, _key, _plain, _row_views, _threshold, compute_scalars
 from fastdrop._numba_kernels import (
     _BUFFER_WORDS, CHUNK, SERIAL_BELOW, _jit, _serial_twin, fill_words, philox4x32_10, task_place,
-    task_words, word_at,
+    task_words, unit_rows, word_at,
 )
-from fastdrop._numba_bits import bits_float64, float64_bits, pick
+from fastdrop._numba_bits import bits_float64, float64_bits, pick, unit_stride
 
 discard_stale_kernels()  # before any cached kernel loads: see _kernel_cache
 
@@ -69,6 +69,7 @@ def alpha_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k0
                 value = load(x, (i0, i1, i2)) * a + shift
                 store(out, (i0, i1, i2), pick(keep, value, dropped))
         return
+    unit = unit_rows(x, out)
     chunks_per_row = (n2 + CHUNK - 1) // CHUNK
     for task in numba.prange(rows * chunks_per_row):
         i0, i1, start, count = task_place(task, chunks_per_row, n1, n2)
@@ -78,9 +79,17 @@ def alpha_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k0
         x_row = x[i0, i1, start : start + count]
         out_row = out[i0, i1, start : start + count]
         row_words = words[first : first + count]  # sliced: see select_rows in _numba_kernels
-        for j in range(count):
-            value = load(x_row, j) * a + shift
-            store(out_row, j, pick(np.uint64(row_words[j]) < threshold, value, dropped))
+        if unit:
+            _alpha_span(unit_stride(x_row), unit_stride(out_row), row_words, threshold, a, shift, dropped)
+        else:
+            _alpha_span(x_row, out_row, row_words, threshold, a, shift, dropped)
+
+
+@numba.njit(inline="always", **_jit)
+def _alpha_span(x_row, out_row, row_words, threshold, a, shift, dropped):
+    for j in range(x_row.size):
+        value = load(x_row, j) * a + shift
+        store(out_row, j, pick(np.uint64(row_words[j]) < threshold, value, dropped))
 
 
 #: 2**52 as float64 and as its bits: ``bits_float64(_EXACT_BITS | k) - _EXACT`` is k exactly for
@@ -169,6 +178,7 @@ def gaussian_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset,
             for i2 in range(n2):
                 store(out, (i0, i1, i2), load(x, (i0, i1, i2)) * multiplier)
         return
+    unit = unit_rows(x, out)
     chunks_per_row = (n2 + CHUNK - 1) // CHUNK
     for task in numba.prange(rows * chunks_per_row):
         i0, i1, start, count = task_place(task, chunks_per_row, n1, n2)
@@ -188,8 +198,16 @@ def gaussian_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset,
         x_row = x[i0, i1, start : start + count]
         out_row = out[i0, i1, start : start + count]
         row_multipliers = multipliers[first + parity : first + parity + count]
-        for j in range(count):
-            store(out_row, j, load(x_row, j) * as_compute(x, row_multipliers[j]))
+        if unit:
+            _multiply_span(unit_stride(x_row), unit_stride(out_row), row_multipliers)
+        else:
+            _multiply_span(x_row, out_row, row_multipliers)
+
+
+@numba.njit(inline="always", **_jit)
+def _multiply_span(x_row, out_row, multipliers):
+    for j in range(x_row.size):
+        store(out_row, j, load(x_row, j) * as_compute(x_row, multipliers[j]))
 
 
 @numba.njit(parallel=True, **_jit)
@@ -202,6 +220,9 @@ def bias_dropout_add_rows(x, bias, residual, out, has_bias, word_offset, k0, k1,
     rows, width = x.shape
     n = rows * width
     last_kept = np.uint32(threshold - np.uint64(1))  # 32-bit compare, as in select_rows: t >= 1
+    # Rows that step by one element are seen as contiguous (``unit_stride``), so loops vectorise.
+    unit = (x.strides[1] == x.itemsize and residual.strides[1] == residual.itemsize
+            and out.strides[1] == out.itemsize and bias.strides[0] == bias.itemsize)
     for task in numba.prange((n + CHUNK - 1) // CHUNK):
         start = task * CHUNK
         count = min(CHUNK, n - start)
@@ -217,20 +238,32 @@ def bias_dropout_add_rows(x, bias, residual, out, has_bias, word_offset, k0, k1,
             x_row = x[row, column : column + segment]
             residual_row = residual[row, column : column + segment]
             out_row = out[row, column : column + segment]
-            if has_bias:
-                bias_row = bias[column : column + segment]
-                for j in range(segment):
-                    keep = row_words[j] <= last_kept
-                    value = (load(x_row, j) + load(bias_row, j)) * scale
-                    store(out_row, j, load(residual_row, j) + pick(keep, value, zero))
+            bias_row = bias[column : column + segment]
+            if unit:
+                _bias_dropout_add_span(unit_stride(x_row), unit_stride(bias_row),
+                                       unit_stride(residual_row), unit_stride(out_row), has_bias,
+                                       row_words, last_kept, scale, zero)
             else:
-                for j in range(segment):
-                    keep = row_words[j] <= last_kept
-                    value = load(x_row, j) * scale
-                    store(out_row, j, load(residual_row, j) + pick(keep, value, zero))
+                _bias_dropout_add_span(x_row, bias_row, residual_row, out_row, has_bias,
+                                       row_words, last_kept, scale, zero)
             done += segment
             row += 1
             column = 0
+
+
+@numba.njit(inline="always", **_jit)
+def _bias_dropout_add_span(x_row, bias_row, residual_row, out_row, has_bias, row_words,
+                           last_kept, scale, zero):
+    if has_bias:
+        for j in range(x_row.size):
+            keep = row_words[j] <= last_kept
+            value = (load(x_row, j) + load(bias_row, j)) * scale
+            store(out_row, j, load(residual_row, j) + pick(keep, value, zero))
+    else:
+        for j in range(x_row.size):
+            keep = row_words[j] <= last_kept
+            value = load(x_row, j) * scale
+            store(out_row, j, load(residual_row, j) + pick(keep, value, zero))
 
 
 # ------------------------------------------------------------------------------------- launchers

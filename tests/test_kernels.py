@@ -7,6 +7,7 @@ import pytest
 
 import fastdrop
 from fastdrop import reference
+from fastdrop._numba_kernels import CHUNK
 
 from conftest import assert_bitwise_equal, to_numpy
 
@@ -186,7 +187,7 @@ def test_bit_packing_multiplier_is_exact():
         assert ((word * int(_PACK_MAGIC)) % 2**64) >> 56 == pattern
 
 
-@pytest.mark.parametrize("n", [1, 7, 8, 9, 4095, 4096, 4100, 3 * 4096 + 5, 40000])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, CHUNK - 1, CHUNK, CHUNK + 4, 3 * CHUNK + 5, 40000])
 @pytest.mark.parametrize("offset", [0, 3])
 def test_packed_bits_all_lengths(n, offset):
     """Fused (one row) and separate packing passes, whole and partial bytes and chunks."""

@@ -1,6 +1,6 @@
 """Review tests for the prefetching Philox phase, the 32-bit keep compare, the flag-byte bit
 packing and the threshold-0 shortcuts (commits d2ef1ef and 3c33ec1), against the NumPy
-reference. Sizes straddle the serial/parallel switch (SERIAL_BELOW elements) and CHUNK (4096)."""
+reference. Sizes straddle the serial/parallel switch (SERIAL_BELOW elements) and CHUNK."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import pytest
 
 import fastdrop
 from fastdrop import reference
-from fastdrop._numba_kernels import SERIAL_BELOW
+from fastdrop._numba_kernels import CHUNK, SERIAL_BELOW
 
 from conftest import assert_bitwise_equal
 
-CHUNK = 4096
 TOP = 2**64
 
 

@@ -1,0 +1,104 @@
+"""Arrays that are not contiguous but whose rows are (a column slice, rows in reverse order) reach
+the CPU kernels as Numba layout 'A' arrays. The kernels then see each row through
+``_numba_bits.unit_stride`` as a contiguous one, so that their loops vectorise; rows that do not
+step by one element keep the strided loop. Both paths, every kernel that has them, against the
+NumPy reference bit for bit, serial and parallel sizes."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+import fastdrop
+from fastdrop import reference
+from fastdrop._numba_bits import unit_stride
+from fastdrop._numba_kernels import CHUNK, SERIAL_BELOW
+
+from conftest import assert_bitwise_equal
+
+DTYPES = [np.float16, np.float32, np.float64]
+
+#: (base shape from the logical shape, view of the base). All but "strided" and "reversed_columns"
+#: have rows that step by one element.
+VIEWS = {
+    "column_slice": (lambda r, w: (r, w + 5), lambda a: a[:, 2:-3]),
+    "reversed_rows": (lambda r, w: (r, w), lambda a: a[::-1]),
+    "every_other_row": (lambda r, w: (2 * r, w), lambda a: a[::2]),
+    "strided": (lambda r, w: (r, 2 * w), lambda a: a[:, ::2]),
+    "reversed_columns": (lambda r, w: (r, w), lambda a: a[:, ::-1]),
+}
+#: A few rows shorter than a CHUNK (serial twin), and rows of whole and partial CHUNKs with enough
+#: elements for the parallel kernels.
+SHAPES = [(5, 37), (3, CHUNK + 11), (SERIAL_BELOW // 1000 + 1, 1000)]
+
+
+def _view(view, shape, dtype, seed):
+    base_shape, select = VIEWS[view]
+    base = np.random.default_rng(seed).standard_normal(base_shape(*shape)).astype(dtype)
+    x = select(base)
+    assert x.shape == shape
+    return x
+
+
+def _out_like(view, x):
+    """A fresh output in the same kind of layout as x (so that both take the same path)."""
+    out = _view(view, x.shape, x.dtype, 99)
+    out[...] = np.nan
+    return out
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("view", sorted(VIEWS))
+def test_dropout_forward_and_backwards(view, dtype, shape):
+    x = _view(view, shape, dtype, 1)
+    expected = reference.dropout(np.ascontiguousarray(x), 0.3, seed=17, offset=3)
+    out = _out_like(view, x)
+    y, mask = fastdrop.dropout(x, 0.3, seed=17, offset=3, out=out, keep_bits=True)
+    assert y is out
+    assert_bitwise_equal(out, expected)
+    for stored in (mask, fastdrop.DropoutMask(mask.p, mask.seed, mask.offset, mask.shape, mask.input_shape)):
+        dx = _out_like(view, x)
+        fastdrop.dropout_backward(x, stored, out=dx)
+        assert_bitwise_equal(dx, expected)
+    # Mixed layouts: a unit-stride x into a contiguous out and the reverse.
+    assert_bitwise_equal(fastdrop.dropout(x, 0.3, seed=17, offset=3)[0], expected)
+    out_mixed = _out_like(view, x)
+    fastdrop.dropout(np.ascontiguousarray(x), 0.3, seed=17, offset=3, out=out_mixed)
+    assert_bitwise_equal(out_mixed, expected)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("view", sorted(VIEWS))
+def test_variants(view, dtype, shape):
+    x = _view(view, shape, dtype, 2)
+    dense = np.ascontiguousarray(x)
+    out = _out_like(view, x)
+    fastdrop.alpha_dropout(x, 0.2, seed=5, offset=1, out=out)
+    assert_bitwise_equal(out, reference.alpha_dropout(dense, 0.2, seed=5, offset=1))
+    out = _out_like(view, x)
+    fastdrop.gaussian_dropout(x, 0.2, seed=5, offset=1, out=out)
+    assert_bitwise_equal(out, reference.gaussian_dropout(dense, 0.2, seed=5, offset=1))
+    residual = _view(view, shape, dtype, 3)
+    bias = np.random.default_rng(4).standard_normal(2 * shape[1]).astype(dtype)[::2]
+    for b in (bias, np.ascontiguousarray(bias), None):
+        out = _out_like(view, x)
+        fastdrop.bias_dropout_add(x, b, residual, 0.2, seed=5, offset=1, out=out)
+        expected = reference.bias_dropout_add(dense, None if b is None else np.array(b),
+                                              np.ascontiguousarray(residual), 0.2, seed=5, offset=1)
+        assert_bitwise_equal(out, expected)
+
+
+def test_unit_stride_view_shares_memory():
+    @numba.njit
+    def write_through(matrix, row, value):
+        view = unit_stride(matrix[row, 1:4])
+        view[0] = value
+        return view.strides[0], view.flags.c_contiguous, view.size
+
+    matrix = np.zeros((3, 6))
+    column_slice = matrix[:, :5]
+    assert write_through(column_slice, 2, 7.5) == (8, True, 3)
+    assert matrix[2, 1] == 7.5 and np.count_nonzero(matrix) == 1
