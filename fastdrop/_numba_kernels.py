@@ -2,14 +2,16 @@
 
 Kernels only: launch decisions, validation and layout handling live in ``_numba_backend``.
 
-Speed comes from three choices. Work is split into fixed tasks of ``CHUNK`` elements (a
+Speed comes from four choices. Work is split into fixed tasks of ``CHUNK`` elements (a
 function of the indices alone, so the result never depends on the thread count). Inside a task
 the Philox counters are generated as lanes of a small array first, in a loop with no branches
 that LLVM vectorises across lanes (the 32 x 32 -> 64 bit multiplies of AVX2 or AVX-512), and only
 then compared and selected; a scalar Philox per element runs at about a fifth of copy speed.
 While a whole task generates its words it prefetches the lines its select loop will stream
-(``fill_chunk_prefetching``), so memory traffic runs under the arithmetic. float16 arrays arrive
-as their uint16 bits (``_numba_half``).
+(``fill_chunk_prefetching``), so memory traffic runs under the arithmetic. And a row that steps
+by one element is looped over as a contiguous array (``unit_stride``) even when the array it
+belongs to is not (a column slice), so that those loops vectorise too. float16 arrays arrive as
+their uint16 bits (``_numba_half``).
 """
 
 from __future__ import annotations
@@ -266,6 +268,16 @@ def _select_span(x_row, out_row, row_words, last_kept, scale, zero):
 
 
 @numba.njit(inline="always", **_jit)
+def _scale_or_zero(x_row, out_row, keep, scale, zero):
+    if keep:
+        for j in range(x_row.size):
+            store(out_row, j, load(x_row, j) * scale)
+    else:
+        for j in range(x_row.size):
+            store(out_row, j, zero)
+
+
+@numba.njit(inline="always", **_jit)
 def _select_flags(x_row, out_row, flags, count, scale, zero):
     for j in range(count):
         store(out_row, j, pick(flags[j] != 0, load(x_row, j) * scale, zero))
@@ -283,6 +295,7 @@ def select_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k
     """
     n0, n1, n2 = x.shape
     rows = n0 * n1
+    unit = unit_rows(x, out)
     if mask_stride2 == 0:
         # One word per row (channel-style masks): the row is all kept or all dropped.
         for row in numba.prange(rows):
@@ -290,19 +303,14 @@ def select_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k
             i1 = row - i0 * n1
             g = word_offset + np.uint64(i0 * mask_stride0 + i1 * mask_stride1)
             keep = word_at(g, k0, k1) < threshold
-            x_row = x[i0, i1, :]
-            out_row = out[i0, i1, :]
-            if keep:
-                for i2 in range(n2):
-                    store(out_row, i2, load(x_row, i2) * scale)
+            if unit:
+                _scale_or_zero(unit_stride(x[i0, i1, :]), unit_stride(out[i0, i1, :]), keep, scale, zero)
             else:
-                for i2 in range(n2):
-                    store(out_row, i2, zero)
+                _scale_or_zero(x[i0, i1, :], out[i0, i1, :], keep, scale, zero)
         return
     # word < threshold as a 32-bit compare (word <= threshold - 1): vectorises with half the
     # instructions of the 64-bit one (about 3% of the kernel here). Needs threshold >= 1.
     last_kept = np.uint32(threshold - np.uint64(1))
-    unit = unit_rows(x, out)
     chunks_per_row = (n2 + CHUNK - 1) // CHUNK
     for task in numba.prange(rows * chunks_per_row):
         i0, i1, start, count = task_place(task, chunks_per_row, n1, n2)

@@ -140,9 +140,12 @@ FASTDROP_HD typename T::raw bias_dropout_add_element(typename T::raw x, typename
 }
 
 // Box-Muller from a word pair, as fastdrop.reference.standard_normals: radius from
-// u = (radius_word + 1) / 2**32, angle 2 pi (angle_word + 1/2) / 2**32; cosine for even
-// elements, sine for odd ones.
-FASTDROP_HD double standard_normal(u32 radius_word, u32 angle_word, bool odd) {
+// u = (radius_word + 1) / 2**32, angle 2 pi (angle_word + 1/2) / 2**32; the cosine one is the
+// even element's normal, the sine one the odd element's. Both at once: they share the logarithm,
+// the square root and the sine and cosine polynomials.
+struct NormalPair { double even, odd; };
+
+FASTDROP_HD NormalPair standard_normal_pair(u32 radius_word, u32 angle_word) {
     const double LN2 = 0.6931471805599453;
     const double SQRT_HALF = 0.7071067811865476;
     const double PI_OVER_4 = 0.7853981633974483;
@@ -194,21 +197,29 @@ FASTDROP_HD double standard_normal(u32 radius_word, u32 angle_word, bool odd) {
     const double cos_psi = add_f64(1.0, multiply_f64(t, cos_poly));
     const double sin_a = octant_odd ? cos_psi : sin_psi;
     const double cos_a = octant_odd ? sin_psi : cos_psi;
+    // theta = quadrant * pi / 2 + a (negation is exact).
     const u32 quadrant = octant >> 1;
-    double value;
-    if (odd) {  // sin(theta), theta = quadrant * pi / 2 + a
-        value = quadrant == 0 ? sin_a : quadrant == 1 ? cos_a : quadrant == 2 ? -sin_a : -cos_a;
-    } else {    // cos(theta)
-        value = quadrant == 0 ? cos_a : quadrant == 1 ? -sin_a : quadrant == 2 ? -cos_a : sin_a;
-    }
-    return multiply_f64(radius, value);
+    const double sin_theta =
+        quadrant == 0 ? sin_a : quadrant == 1 ? cos_a : quadrant == 2 ? -sin_a : -cos_a;
+    const double cos_theta =
+        quadrant == 0 ? cos_a : quadrant == 1 ? -sin_a : quadrant == 2 ? -cos_a : sin_a;
+    NormalPair pair;
+    pair.even = multiply_f64(radius, cos_theta);
+    pair.odd = multiply_f64(radius, sin_theta);
+    return pair;
 }
 
-// The normal of element g from the block holding its pair (words 2 (g >> 1) and 2 (g >> 1) + 1).
-FASTDROP_HD double normal_of(const PhiloxBlock& block, u64 g) {
+// Both normals of element g's pair (words 2 (g >> 1) and 2 (g >> 1) + 1) from the block
+// holding it.
+FASTDROP_HD NormalPair normal_pair_of(const PhiloxBlock& block, u64 g) {
     const bool high_pair = (g & 2ull) != 0;
-    return standard_normal(high_pair ? block.w2 : block.w0, high_pair ? block.w3 : block.w1,
-                           (g & 1ull) != 0);
+    return standard_normal_pair(high_pair ? block.w2 : block.w0, high_pair ? block.w3 : block.w1);
+}
+
+// The normal of element g.
+FASTDROP_HD double normal_of(const PhiloxBlock& block, u64 g) {
+    const NormalPair pair = normal_pair_of(block, g);
+    return (g & 1ull) != 0 ? pair.odd : pair.even;
 }
 
 // 1 + sigma z in float64, rounded once to the compute type.
@@ -257,6 +268,9 @@ __device__ __forceinline__ void variant_rows(const typename T::raw* x, long long
         u64 cached_q = ~0ull;
         PhiloxBlock block = {0u, 0u, 0u, 0u};
         typename C::type multiplier = (typename C::type)1;
+        // Gaussian: the pair last computed (element words 2 k and 2 k + 1 share one Box-Muller).
+        u64 cached_pair = ~0ull;
+        NormalPair normals = {0.0, 0.0};
         const int count = (int)smaller_of(8LL, size2 - first);
 #pragma unroll 1
         for (int j = 0; j < count; ++j) {
@@ -272,7 +286,14 @@ __device__ __forceinline__ void variant_rows(const typename T::raw* x, long long
                 y_row[i2 * y2] = alpha_select<T>(x_row[i2 * x2], keep, a, shift, dropped);
             } else {
                 // A broadcast row (m2 == 0) draws one normal for all its elements.
-                if (m2 != 0 || j == 0) multiplier = gaussian_multiplier<T>(sigma, normal_of(block, word));
+                if (m2 != 0 || j == 0) {
+                    if ((word >> 1) != cached_pair) {  // a new pair lies in the current block
+                        cached_pair = word >> 1;
+                        normals = normal_pair_of(block, word);
+                    }
+                    multiplier = gaussian_multiplier<T>(sigma, (word & 1ull) != 0 ? normals.odd
+                                                                                : normals.even);
+                }
                 y_row[i2 * y2] = C::store(C::multiply(C::load(x_row[i2 * x2]), multiplier));
             }
         }

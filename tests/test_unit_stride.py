@@ -69,6 +69,20 @@ def test_dropout_forward_and_backwards(view, dtype, shape):
     assert_bitwise_equal(out_mixed, expected)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("planes", [(3, 5), (40, 30)], ids=str)
+def test_channel_masks_on_sliced_feature_maps(dtype, planes):
+    """A channel mask (N, C, 1, 1) on a feature map sliced along W: one word per row, the rows
+    contiguous, the array not (the small maps run serially, the large ones in parallel)."""
+    height, width = planes
+    base = np.random.default_rng(6).standard_normal((4, 9, height, width + 2)).astype(dtype)
+    for x in (base[..., 1:-1], base[..., ::2]):
+        expected = reference.dropout(np.ascontiguousarray(x), 0.5, seed=8, offset=2, mask_shape=(4, 9, 1, 1))
+        y, mask = fastdrop.dropout(x, 0.5, seed=8, offset=2, mask_shape=(4, 9, 1, 1))
+        assert_bitwise_equal(y, expected)
+        assert_bitwise_equal(fastdrop.dropout_backward(x, mask), expected)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("view", sorted(VIEWS))
