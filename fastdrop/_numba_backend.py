@@ -137,6 +137,25 @@ def _row_views(x, out, mask_shape, offset):
     ]
 
 
+def _tile_views(x_view, out_view, mask_strides):
+    """(x, out, mask stride 0, mask stride 1) for ``select_tiles`` when a launch's words run
+    across memory: mask stride 1 along the last axis, which does not step by one element in x
+    or out, while axis 1 (or axis 0, then swapped with axis 1: only the task order changes)
+    does in both. None for every other launch."""
+    if mask_strides[2] != 1 or x_view.shape[2] < 2:
+        return None
+    item = x_view.itemsize
+    if x_view.strides[2] == item and out_view.strides[2] == item:
+        return None
+    for axis in (1, 0):
+        if x_view.shape[axis] > 1 and x_view.strides[axis] == item and out_view.strides[axis] == item:
+            if axis == 0:
+                x_view, out_view = x_view.swapaxes(0, 1), out_view.swapaxes(0, 1)
+                mask_strides = (mask_strides[1], mask_strides[0], 1)
+            return x_view, out_view, mask_strides[0], mask_strides[1]
+    return None
+
+
 def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
     scale_value, zero = _scale_and_zero(x.dtype, scale)  # from x's own dtype, before _plain
     x, out = _plain(x), _plain(out)
@@ -158,6 +177,11 @@ def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
     select_rows = kernels.for_size(kernels.select_rows, x.size)
     with _kernel_lock:
         for x_view, out_view, mask_strides, word_offset in rows:
+            tiles = _tile_views(x_view, out_view, mask_strides)
+            if tiles is not None:
+                kernels.for_size(kernels.select_tiles, x.size)(
+                    *tiles, np.uint64(word_offset), k0, k1, threshold, scale_value, zero)
+                continue
             select_rows(
                 x_view, out_view, *mask_strides, np.uint64(word_offset), k0, k1,
                 threshold, scale_value, zero, row_bits, fused_bits,
@@ -174,6 +198,12 @@ def apply_bits(dy, out, *, mask_shape, bits, scale):
     rows = _row_views(dy, out, mask_shape, 0)
     with _kernel_lock:
         for dy_view, out_view, mask_strides, mask_base in rows:
+            tiles = _tile_views(dy_view, out_view, mask_strides)
+            if tiles is not None:
+                dy_tiles, out_tiles, stride0, stride1 = tiles
+                kernels.for_size(kernels.select_tiles_from_bits, dy.size)(
+                    dy_tiles, out_tiles, mask_base, stride0, stride1, bits, scale_value, zero)
+                continue
             select_rows_from_bits(dy_view, out_view, mask_base, *mask_strides, bits, scale_value, zero)
 
 

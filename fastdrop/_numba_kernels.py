@@ -25,7 +25,7 @@ import numpy as np
 from fastdrop._kernel_cache import discard_stale_kernels
 from fastdrop._contract import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 from fastdrop._numba_half import load, store
-from fastdrop._numba_prefetch import line_step, prefetch
+from fastdrop._numba_prefetch import CACHE_LINE, line_step, prefetch
 from fastdrop._numba_bits import pick, unit_stride
 
 #: Elements per parallel task: a multiple of 8 (whole bytes of packed bits) and of 4 (counters).
@@ -330,6 +330,91 @@ def select_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k
             _pack_chunk(words, first, count, threshold, bits, start // 8)
 
 
+#: A tile of ``select_tiles``: rows along the unit-stride axis 1, words along axis 2. Its words,
+#: by column (64 x 64 uint32, 16 KB), stay in the L1 cache while its columns are selected.
+TILE_ROWS = 64
+TILE_WORDS = 64
+
+
+@numba.njit(parallel=True, **_jit)
+def select_tiles(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, threshold, scale, zero):
+    """``select_rows`` (mask stride 1 along axis 2) for views whose axis 1 steps by one element
+    in both x and out and whose axis 2 does not: a transposed or F-ordered array, where the
+    mask's consecutive words run across memory.
+
+    ``select_rows`` would walk each row through memory with a large stride, a cache line per
+    element (0.11 G elements/s at 2048 x 2048 float32 here, 5% of a copy of the view). A task
+    here takes a tile of TILE_ROWS x TILE_WORDS elements: it generates each tile row's words
+    (consecutive words: the vectorised Philox), stores them by column, and hints one column's
+    memory lines; then it streams the tile's columns, contiguous in memory, with the same
+    vectorised select as contiguous rows: 0.8-0.9 G elements/s. (Picking each element's word
+    from the row-major words instead, a gather, ran at 0.45.)
+    """
+    n0, n1, n2 = x.shape
+    tiles1, tiles2 = _tile_counts(n1, n2)
+    last_kept = np.uint32(threshold - np.uint64(1))  # 32-bit compare, as in select_rows
+    for task in numba.prange(n0 * tiles1 * tiles2):
+        i0, a, b, rows, cols = _tile_place(task, tiles1, tiles2, n1, n2)
+        row_words = np.empty(TILE_WORDS + 8, dtype=np.uint32)  # + up to 3 words before the first
+        by_column = np.empty((TILE_WORDS, TILE_ROWS), dtype=np.uint32)
+        for r in range(rows):
+            g = word_offset + np.uint64(i0 * mask_stride0 + (a + r) * mask_stride1 + b)
+            first = fill_words(row_words, g, cols, k0, k1)
+            for c in range(cols):
+                by_column[c, r] = row_words[first + c]
+            _prefetch_tile_column(x, out, i0, a, b, rows, cols, r)
+        for c in range(cols):
+            _select_span(unit_stride(x[i0, a : a + rows, b + c]),
+                         unit_stride(out[i0, a : a + rows, b + c]), by_column[c], last_kept,
+                         scale, zero)
+
+
+@numba.njit(parallel=True, **_jit)
+def select_tiles_from_bits(x, out, mask_base, mask_stride0, mask_stride1, bits, scale, zero):
+    """``select_tiles`` with keep flags read from packed bits at the mask's flat index (the
+    layout of ``select_rows_from_bits`` with mask stride 1 along axis 2)."""
+    n0, n1, n2 = x.shape
+    tiles1, tiles2 = _tile_counts(n1, n2)
+    for task in numba.prange(n0 * tiles1 * tiles2):
+        i0, a, b, rows, cols = _tile_place(task, tiles1, tiles2, n1, n2)
+        by_column = np.empty((TILE_WORDS, TILE_ROWS), dtype=np.uint8)
+        for r in range(rows):
+            m = mask_base + i0 * mask_stride0 + (a + r) * mask_stride1 + b
+            for c in range(cols):
+                by_column[c, r] = (bits[(m + c) >> 3] >> ((m + c) & 7)) & 1
+            _prefetch_tile_column(x, out, i0, a, b, rows, cols, r)
+        for c in range(cols):
+            _select_flags(unit_stride(x[i0, a : a + rows, b + c]),
+                          unit_stride(out[i0, a : a + rows, b + c]), by_column[c], rows, scale,
+                          zero)
+
+
+@numba.njit(inline="always", **_jit)
+def _tile_counts(n1, n2):
+    return (n1 + TILE_ROWS - 1) // TILE_ROWS, (n2 + TILE_WORDS - 1) // TILE_WORDS
+
+
+@numba.njit(inline="always", **_jit)
+def _tile_place(task, tiles1, tiles2, n1, n2):
+    """(i0, first row a, first column b, rows, columns) of a tile task, row-major over tiles."""
+    i0 = task // (tiles1 * tiles2)
+    rest = task - i0 * tiles1 * tiles2
+    t1 = rest // tiles2
+    a = t1 * TILE_ROWS
+    b = (rest - t1 * tiles2) * TILE_WORDS
+    return i0, a, b, min(TILE_ROWS, n1 - a), min(TILE_WORDS, n2 - b)
+
+
+@numba.njit(inline="always", **_jit)
+def _prefetch_tile_column(x, out, i0, a, b, rows, cols, r):
+    """Hint the lines of the tile's column r (while row r's words are made), if there is one."""
+    if r < cols:
+        step = max(1, CACHE_LINE // x.itemsize)  # elements per line along the unit-stride axis 1
+        for k in range(0, rows, step):
+            prefetch(x, (i0, a + k, b + r), False)
+            prefetch(out, (i0, a + k, b + r), True)
+
+
 @numba.njit(parallel=True, **_jit)
 def select_rows_from_bits(x, out, mask_base, mask_stride0, mask_stride1, mask_stride2, bits,
                           scale, zero):
@@ -416,7 +501,8 @@ def _serial_twin(kernel):
 
 SERIAL = {
     kernel: _serial_twin(kernel)
-    for kernel in (select_rows, select_rows_from_bits, pack_keep_bits, fill_random_bits, fill_keep_flags)
+    for kernel in (select_rows, select_tiles, select_rows_from_bits, select_tiles_from_bits,
+                   pack_keep_bits, fill_random_bits, fill_keep_flags)
 }
 
 

@@ -116,3 +116,80 @@ def test_unit_stride_view_shares_memory():
     column_slice = matrix[:, :5]
     assert write_through(column_slice, 2, 7.5) == (8, True, 3)
     assert matrix[2, 1] == 7.5 and np.count_nonzero(matrix) == 1
+
+
+# ------------------------------------------------------- transposed and F-ordered arrays (tiles)
+
+from fastdrop._numba_kernels import TILE_ROWS, TILE_WORDS  # noqa: E402
+
+TOP = 2**64
+#: Logical shapes of transposed views: partial tiles on either axis, whole tiles, one-element
+#: tiles, and enough elements for the parallel kernels.
+TILE_SHAPES = [(TILE_ROWS - 1, TILE_WORDS + 1), (TILE_ROWS + 1, 2), (2, TILE_WORDS - 1),
+               (2 * TILE_ROWS, 2 * TILE_WORDS), (300, 130)]
+
+
+def _transposed(shape, dtype, seed):
+    return np.random.default_rng(seed).standard_normal(shape[::-1]).astype(dtype).T
+
+
+@pytest.mark.parametrize("shape", TILE_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_transposed_forward_and_backwards(dtype, shape):
+    x = _transposed(shape, dtype, 1)
+    assert x.shape == shape and x.flags.f_contiguous
+    n = x.size
+    for offset in (0, 1, 3, TOP - n):
+        expected = reference.dropout(np.ascontiguousarray(x), 0.4, seed=23, offset=offset)
+        y, mask = fastdrop.dropout(x, 0.4, seed=23, offset=offset, keep_bits=True)
+        assert_bitwise_equal(y, expected)
+        assert_bitwise_equal(mask.to_array(), reference.keep_mask(shape, 0.4, seed=23, offset=offset))
+        assert_bitwise_equal(fastdrop.dropout_backward(x, mask), expected)
+        plain = fastdrop.DropoutMask(mask.p, mask.seed, mask.offset, mask.shape, mask.input_shape)
+        assert_bitwise_equal(fastdrop.dropout_backward(x, plain), expected)
+        # Into a C-ordered out (no tiles: out's rows are contiguous, x's are not) and in place.
+        out = np.full(shape, np.nan, dtype)
+        fastdrop.dropout(x, 0.4, seed=23, offset=offset, out=out)
+        assert_bitwise_equal(out, expected)
+        inplace = x.copy(order="F")
+        fastdrop.dropout(inplace, 0.4, seed=23, offset=offset, out=inplace)
+        assert_bitwise_equal(inplace, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_f_ordered_rank3_and_broadcast_masks(dtype):
+    """Rank 3 F order (the unit-stride axis is the launch's axis 0, swapped to axis 1), a mask
+    broadcast over the leading axis, reversed and sliced transposed views."""
+    x = np.asfortranarray(np.random.default_rng(2).standard_normal((30, 7, 70))).astype(dtype)
+    for mask_shape in (x.shape, (1, 7, 70), (30, 1, 70)):
+        expected = reference.dropout(np.ascontiguousarray(x), 0.3, seed=4, offset=9, mask_shape=mask_shape)
+        y, mask = fastdrop.dropout(x, 0.3, seed=4, offset=9, mask_shape=mask_shape, keep_bits=True)
+        assert_bitwise_equal(y, expected)
+        assert_bitwise_equal(fastdrop.dropout_backward(x, mask), expected)
+    t = _transposed((150, 90), dtype, 3)
+    for view in (t[::-1], t[:, ::-1], t[10:140:3], t[5:, 7:]):
+        expected = reference.dropout(np.ascontiguousarray(view), 0.3, seed=4, offset=2)
+        y, mask = fastdrop.dropout(view, 0.3, seed=4, offset=2, keep_bits=True)
+        assert_bitwise_equal(y, expected)
+        assert_bitwise_equal(fastdrop.dropout_backward(view, mask), expected)
+
+
+def test_transposed_launches_take_the_tiles(monkeypatch):
+    """The tests above go through the tile kernels (not the row kernels' strided fallback)."""
+    from fastdrop import _numba_kernels as kernels
+
+    used = []
+    original = kernels.for_size
+
+    def recording(kernel, n):
+        used.append(kernel.__name__ if hasattr(kernel, "__name__") else kernel.py_func.__name__)
+        return original(kernel, n)
+
+    monkeypatch.setattr(kernels, "for_size", recording)
+    x = _transposed((100, 100), np.float32, 4)
+    _, mask = fastdrop.dropout(x, 0.3, seed=1, keep_bits=True)
+    fastdrop.dropout_backward(x, mask)
+    assert "select_tiles" in used and "select_tiles_from_bits" in used
+    used.clear()
+    fastdrop.dropout(np.ascontiguousarray(x), 0.3, seed=1)
+    assert "select_tiles" not in used
