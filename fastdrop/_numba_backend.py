@@ -166,18 +166,19 @@ def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
         return
     k0, k1 = _key(seed)
     threshold = _threshold(threshold)
-    rows = _row_views(x, out, mask_shape, offset)
+    rows = [(*row, _tile_views(*row[:3])) for row in _row_views(x, out, mask_shape, offset)]
     fused_bits = False
     if bits is not None:
-        # Bits are packed in the same pass when a single row covers the whole mask in order (its
-        # chunks then start on byte boundaries); otherwise in a second pass over the mask's words.
+        # Bits are packed in the same pass when a single row (not a tiled launch) covers the
+        # whole mask in order (its chunks then start on byte boundaries); otherwise in a second
+        # pass over the mask's words.
         n_mask = math.prod(mask_shape)
-        fused_bits = len(rows) == 1 and rows[0][2] == (0, 0, 1) and rows[0][0].shape[2] == n_mask
+        fused_bits = (len(rows) == 1 and rows[0][2] == (0, 0, 1) and rows[0][0].shape[2] == n_mask
+                      and rows[0][4] is None)
     row_bits = bits if fused_bits else _NO_BITS
     select_rows = kernels.for_size(kernels.select_rows, x.size)
     with _kernel_lock:
-        for x_view, out_view, mask_strides, word_offset in rows:
-            tiles = _tile_views(x_view, out_view, mask_strides)
+        for x_view, out_view, mask_strides, word_offset, tiles in rows:
             if tiles is not None:
                 kernels.for_size(kernels.select_tiles, x.size)(
                     *tiles, np.uint64(word_offset), k0, k1, threshold, scale_value, zero)

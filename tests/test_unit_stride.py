@@ -193,3 +193,19 @@ def test_transposed_launches_take_the_tiles(monkeypatch):
     used.clear()
     fastdrop.dropout(np.ascontiguousarray(x), 0.3, seed=1)
     assert "select_tiles" not in used
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_keep_bits_of_a_tiled_launch_with_a_broadcast_mask(dtype):
+    """Regression: one launch whose rows share the mask's words (x (5, 1, 8) in F order, mask
+    (1, 1, 8)) used to count as a single full row, whose bits the row kernel packs in the same
+    pass, but ran through the tile kernel, which packs none: the stored bits were all zero."""
+    x = np.asfortranarray(np.random.default_rng(7).standard_normal((5, 1, 8))).astype(dtype)
+    for p in (0.1, 0.5):
+        expected = reference.dropout(np.ascontiguousarray(x), p, seed=49, mask_shape=(1, 1, 8))
+        y, mask = fastdrop.dropout(x, p, seed=49, mask_shape=(1, 1, 8), keep_bits=True)
+        assert_bitwise_equal(y, expected)
+        assert_bitwise_equal(mask.bits, reference.pack_bits(reference.keep_mask((1, 1, 8), p, seed=49)))
+        out = np.empty(x.shape, x.dtype, order="F")
+        fastdrop.dropout_backward(x, mask, out=out)
+        assert_bitwise_equal(out, expected)
