@@ -21,6 +21,7 @@ from fastdrop import _numba_kernels as kernels  # noqa: E402
 from fastdrop._contract import compute_dtype, philox_key
 from fastdrop._layout import rank3_launches
 from fastdrop._numba_half import kernel_view
+from fastdrop._numba_prefetch import CACHE_LINE as _CACHE_LINE
 
 # Numba's default 'workqueue' threading layer must not be entered from two Python threads at once
 # (it aborts the process); the parallel kernels already use every core, so calls take turns.
@@ -141,14 +142,17 @@ def _tile_views(x_view, out_view, mask_strides):
     """(x, out, mask stride 0, mask stride 1) for ``select_tiles`` when a launch's words run
     across memory: mask stride 1 along the last axis, which does not step by one element in x
     or out, while axis 1 (or axis 0, then swapped with axis 1: only the task order changes)
-    does in both. None for every other launch."""
+    does in both and holds at least a cache line. None for every other launch."""
     if mask_strides[2] != 1 or x_view.shape[2] < 2:
         return None
     item = x_view.itemsize
     if x_view.strides[2] == item and out_view.strides[2] == item:
         return None
     for axis in (1, 0):
-        if x_view.shape[axis] > 1 and x_view.strides[axis] == item and out_view.strides[axis] == item:
+        # Below a cache line of elements along that axis the row walk, whose stride is then
+        # under a line, already uses every line it touches; tiles would only add overhead.
+        if (x_view.shape[axis] * item >= _CACHE_LINE and x_view.strides[axis] == item
+                and out_view.strides[axis] == item):
             if axis == 0:
                 x_view, out_view = x_view.swapaxes(0, 1), out_view.swapaxes(0, 1)
                 mask_strides = (mask_strides[1], mask_strides[0], 1)

@@ -8,13 +8,14 @@ shorter than a block."""
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 
 import fastdrop
 from fastdrop import reference
 from fastdrop._numba_kernels import (
-    CHUNK, PREFETCH_BLOCK, SERIAL, _BLOCK_COUNTERS, fill_random_bits,
+    _BUFFER_WORDS, CHUNK, PREFETCH_BLOCK, SERIAL, _BLOCK_COUNTERS, fill_random_bits, task_words,
 )
 
 from conftest import assert_bitwise_equal
@@ -36,14 +37,32 @@ _COUNTS = sorted({n for blocks in range(3) for n in range(
 @pytest.mark.parametrize("kernel", ["serial", "parallel"])
 @pytest.mark.parametrize("start", [0, 1, 2, 3, 4 * 2**32 - 2, 2**64 - 3 * PREFETCH_BLOCK])
 def test_words_around_block_boundaries(kernel, start):
-    """One task per call (n < CHUNK, so ``fill_words``): even and odd counter counts from each
-    start word within a counter (and across a carry into the counter's high word, and at the
-    top of the counter space)."""
+    """One task per call (n < CHUNK, so ``fill_words``, whose halves are n_counters // 2):
+    even and odd counter counts from each start word within a counter (and across a carry into
+    the counter's high word, and at the top of the counter space)."""
     run = SERIAL[fill_random_bits] if kernel == "serial" else fill_random_bits
     for n in _COUNTS:
         out = np.full(n, 0xDEADBEEF, np.uint32)
         run(out, np.uint64(start), K0, K1)
         assert_bitwise_equal(out, reference.random_bits(n, seed=SEED, offset=start))
+
+
+@numba.njit
+def _whole_chunk_words(g_start, k0, k1):
+    """The words a whole-CHUNK task generates (the block path, with its prefetch hints into
+    dummy arrays), from g_start on."""
+    words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
+    dummy = np.zeros((1, 1, CHUNK), dtype=np.float32)
+    first = task_words(words, g_start, CHUNK, k0, k1, dummy, None, dummy, 0, 0, 0)
+    return words[first : first + CHUNK].copy()
+
+
+@pytest.mark.parametrize("start", [0, 1, 2, 3, 4 * 2**32 - 4 * CHUNK // 3 - 1, 2**64 - CHUNK - 3, 2**64 - CHUNK])
+def test_whole_chunk_block_words(start):
+    """Every word of a whole-CHUNK task, exactly: each start within a counter, blocks crossing a
+    carry into the counters' high word, and the top of the counter space."""
+    words = _whole_chunk_words(np.uint64(start), K0, K1)
+    assert_bitwise_equal(words, reference.random_bits(CHUNK, seed=SEED, offset=start))
 
 
 @pytest.mark.parametrize("n", [CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 47, 3 * CHUNK + 48])
@@ -64,8 +83,8 @@ def test_multi_task_words(n, offset):
 @pytest.mark.parametrize("width", [5, PREFETCH_BLOCK - 1, PREFETCH_BLOCK + 1, CHUNK + PREFETCH_BLOCK + 3])
 def test_dropout_rows_through_the_remainder_path(width):
     """Rows of a sliced (non-contiguous) array are separate tasks, so rows shorter than CHUNK
-    (and the partial second task of a longer row) take the block-plus-remainder path, at row
-    starts (offset + row * width) that fall anywhere within a counter."""
+    (and the partial second task of a longer row) take ``fill_words`` and whole CHUNKs the
+    block path, at row starts (offset + row * width) that fall anywhere within a counter."""
     rows = 7
     wide = np.random.default_rng(width).standard_normal((rows, width + 3)).astype(np.float32)
     x = wide[:, :width]

@@ -96,7 +96,7 @@ def test_gaussian_and_alpha_broadcast_masks_odd_row_starts(dtype, mask_shape):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("width", [7, 4095, 4097, 8193])
+@pytest.mark.parametrize("width", [7, CHUNK - 1, CHUNK + 1, 2 * CHUNK + 1])
 def test_gaussian_strided_rows_every_parity(dtype, width):
     # A strided x forces rank-3 launches of `rows` rows of `width` words each; odd widths start
     # half the rows at odd words, and the serial/parallel switch falls between these sizes.
@@ -109,7 +109,7 @@ def test_gaussian_strided_rows_every_parity(dtype, width):
         assert_bitwise_equal(y, expected)
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 4096 * 2 + 1])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, CHUNK * 2 + 1])
 def test_gaussian_at_the_very_end_of_the_counter_space(n):
     # The last valid offset (offset + n + 1 words <= 2**64): the last element is word 2**64 - 2,
     # whose pair (2**64 - 2, 2**64 - 1) is the top half of the last counter; nothing may wrap.
@@ -228,7 +228,7 @@ def test_zero_size_variants_with_masks(shape, mask_shape):
 # ------------------------------------------------------------------ backward from packed bits
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mask_shape", [(4, 1, 16), (4, 1, 12), (4, 1, 4096 + 13), (1, 3, 8200)], ids=str)
+@pytest.mark.parametrize("mask_shape", [(4, 1, 16), (4, 1, 12), (4, 1, CHUNK + 13), (1, 3, 8200)], ids=str)
 def test_backward_bits_broadcast_rows_with_aligned_and_unaligned_bases(dtype, mask_shape):
     shape = (4, 3, mask_shape[2])
     dy = _values(shape, dtype, 8)

@@ -28,9 +28,10 @@ VIEWS = {
     "strided": (lambda r, w: (r, 2 * w), lambda a: a[:, ::2]),
     "reversed_columns": (lambda r, w: (r, w), lambda a: a[:, ::-1]),
 }
-#: A few rows shorter than a CHUNK (serial twin), and rows of whole and partial CHUNKs with enough
-#: elements for the parallel kernels.
-SHAPES = [(5, 37), (3, CHUNK + 11), (SERIAL_BELOW // 1000 + 1, 1000)]
+#: Rows shorter than a CHUNK and rows of a whole and a partial CHUNK, each with fewer elements
+#: than SERIAL_BELOW (the serial twins) and with more (the parallel kernels).
+SHAPES = [(5, 37), (3, CHUNK + 11), (SERIAL_BELOW // 1000 + 1, 1000),
+          (SERIAL_BELOW // CHUNK + 1, CHUNK + 11)]
 
 
 def _view(view, shape, dtype, seed):
@@ -110,11 +111,11 @@ def test_unit_stride_view_shares_memory():
     def write_through(matrix, row, value):
         view = unit_stride(matrix[row, 1:4])
         view[0] = value
-        return view.strides[0], view.flags.c_contiguous, view.size
+        return view.strides[0], view.size
 
     matrix = np.zeros((3, 6))
     column_slice = matrix[:, :5]
-    assert write_through(column_slice, 2, 7.5) == (8, True, 3)
+    assert write_through(column_slice, 2, 7.5) == (8, 3)
     assert matrix[2, 1] == 7.5 and np.count_nonzero(matrix) == 1
 
 
@@ -197,10 +198,12 @@ def test_transposed_launches_take_the_tiles(monkeypatch):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_keep_bits_of_a_tiled_launch_with_a_broadcast_mask(dtype):
-    """Regression: one launch whose rows share the mask's words (x (5, 1, 8) in F order, mask
+    """Regression: one launch whose rows share the mask's words (x (40, 1, 8) in F order, mask
     (1, 1, 8)) used to count as a single full row, whose bits the row kernel packs in the same
-    pass, but ran through the tile kernel, which packs none: the stored bits were all zero."""
-    x = np.asfortranarray(np.random.default_rng(7).standard_normal((5, 1, 8))).astype(dtype)
+    pass, but ran through the tile kernel, which packs none: the stored bits were all zero.
+    (Found with x (5, 1, 8) float64, which now takes the row kernel: 5 elements along the
+    unit-stride axis are less than a cache line.)"""
+    x = np.asfortranarray(np.random.default_rng(7).standard_normal((40, 1, 8))).astype(dtype)
     for p in (0.1, 0.5):
         expected = reference.dropout(np.ascontiguousarray(x), p, seed=49, mask_shape=(1, 1, 8))
         y, mask = fastdrop.dropout(x, p, seed=49, mask_shape=(1, 1, 8), keep_bits=True)
