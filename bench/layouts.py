@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import numpy as np
 
 import fastdrop
 from fastdrop._bench_run import machine_info
+from targets import _best_of  # bench/targets.py, beside this script
 
 LAYOUTS = {
     "contiguous": (lambda r, c: (r, c), lambda a, r, c: a),
@@ -55,15 +55,6 @@ def _calls(layout, rows, cols, p):
     }
 
 
-def _best(call, repeats=3):
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=4096)
@@ -80,7 +71,7 @@ def main(argv=None) -> int:
     for _ in range(args.rounds):
         for layout, layout_calls in calls.items():
             for op in OPS:
-                seconds[layout, op].append(_best(layout_calls[op]))
+                seconds[layout, op].append(_best_of(layout_calls[op], 3))
     median = {key: statistics.median(values) for key, values in seconds.items()}
     print(f"command: {' '.join(sys.argv)}")
     print(f"({args.rows}, {args.cols}) float32 views, p = {args.p}, median of {args.rounds} rounds of "
