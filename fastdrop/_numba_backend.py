@@ -22,6 +22,7 @@ from fastdrop._contract import compute_dtype, philox_key
 from fastdrop._layout import rank3_launches
 from fastdrop._numba_half import kernel_view
 from fastdrop._numba_prefetch import CACHE_LINE as _CACHE_LINE
+from fastdrop._numba_stream import STREAM_ABOVE, STREAMING
 
 # Numba's default 'workqueue' threading layer must not be entered from two Python threads at once
 # (it aborts the process); the parallel kernels already use every core, so calls take turns.
@@ -160,6 +161,11 @@ def _tile_views(x_view, out_view, mask_strides):
     return None
 
 
+def streams(out) -> bool:
+    """Whether kernels write ``out`` with streaming stores (see ``_numba_stream``)."""
+    return STREAMING and out.nbytes >= STREAM_ABOVE
+
+
 def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
     scale_value, zero = _scale_and_zero(x.dtype, scale)  # from x's own dtype, before _plain
     x, out = _plain(x), _plain(out)
@@ -189,7 +195,7 @@ def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
                 continue
             select_rows(
                 x_view, out_view, *mask_strides, np.uint64(word_offset), k0, k1,
-                threshold, scale_value, zero, row_bits, fused_bits,
+                threshold, scale_value, zero, row_bits, fused_bits, streams(out),
             )
         if bits is not None and not fused_bits and n_mask:
             kernels.for_size(kernels.pack_keep_bits, n_mask)(n_mask, np.uint64(offset), k0, k1, threshold, bits)
@@ -209,7 +215,8 @@ def apply_bits(dy, out, *, mask_shape, bits, scale):
                 kernels.for_size(kernels.select_tiles_from_bits, dy.size)(
                     dy_tiles, out_tiles, mask_base, stride0, stride1, bits, scale_value, zero)
                 continue
-            select_rows_from_bits(dy_view, out_view, mask_base, *mask_strides, bits, scale_value, zero)
+            select_rows_from_bits(dy_view, out_view, mask_base, *mask_strides, bits, scale_value, zero,
+                                  streams(out))
 
 
 def random_bits(out, *, seed, offset):

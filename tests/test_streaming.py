@@ -1,0 +1,144 @@
+"""Streaming (non-temporal) stores: the backward from packed bits and channel-style masks write
+outputs larger than the last-level cache with them (``_numba_stream``). The threshold is lowered
+here so that small arrays take those paths; every result against the NumPy reference bit for
+bit: outputs at every alignment within a cache line, rows and chunks too short to stream, partial
+lines at both ends, in place, float16/32/64, serial and parallel sizes."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+import fastdrop
+from fastdrop import _numba_backend, _numba_stream, reference
+from fastdrop._numba_kernels import CHUNK, SERIAL_BELOW, STAGE, STREAM_ROW_BYTES
+from fastdrop._numba_prefetch import CACHE_LINE
+
+from conftest import assert_bitwise_equal
+
+DTYPES = [np.float16, np.float32, np.float64]
+
+pytestmark = pytest.mark.skipif(not _numba_stream.STREAMING, reason="streaming stores are x86-64 only")
+
+
+@pytest.fixture(autouse=True)
+def stream_everything(monkeypatch):
+    monkeypatch.setattr(_numba_backend, "STREAM_ABOVE", 0)
+
+
+def _shifted(shape, dtype, items, seed, fill=None):
+    """An array of ``shape`` whose first element lies ``items`` elements past a cache-line
+    boundary (a slice of a line-aligned buffer)."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape))
+    raw = np.empty((size + items) * dtype.itemsize + CACHE_LINE, dtype=np.uint8)
+    start = (-raw.ctypes.data) % CACHE_LINE
+    array = raw[start : start + (size + items) * dtype.itemsize].view(dtype)[items:].reshape(shape)
+    assert (array.ctypes.data - items * dtype.itemsize) % CACHE_LINE == 0
+    if fill is None:
+        array[...] = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    else:
+        array[...] = fill
+    return array
+
+
+def _shifts(dtype):
+    per_line = CACHE_LINE // np.dtype(dtype).itemsize
+    return sorted({0, 1, per_line // 2, per_line - 1})
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n", [5, 3 * STAGE + 7, CHUNK + 13, SERIAL_BELOW * 4 + 29], ids=str)
+def test_backward_from_bits(dtype, n):
+    x = np.random.default_rng(1).standard_normal(n).astype(dtype)
+    expected = reference.dropout(x, 0.3, seed=4, offset=8)
+    _, mask = fastdrop.dropout(x, 0.3, seed=4, offset=8, keep_bits=True)
+    for shift in _shifts(dtype):
+        dx = _shifted((n,), dtype, shift, 0, fill=np.nan)
+        assert fastdrop.dropout_backward(x, mask, out=dx) is dx
+        assert_bitwise_equal(dx, expected)
+    in_place = x.copy()
+    fastdrop.dropout_backward(in_place, mask, out=in_place)
+    assert_bitwise_equal(in_place, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_backward_from_bits_of_rows(dtype):
+    """A 2-D array whose rows are chunks of different lengths, a column slice among them."""
+    width = 2 * CHUNK + 3 * STAGE + 5
+    x = np.random.default_rng(2).standard_normal((3, width)).astype(dtype)
+    expected = reference.dropout(x, 0.5, seed=6)
+    _, mask = fastdrop.dropout(x, 0.5, seed=6, keep_bits=True)
+    for shift in _shifts(dtype):
+        dx = _shifted((3, width), dtype, shift, 0, fill=np.nan)
+        fastdrop.dropout_backward(x, mask, out=dx)
+        assert_bitwise_equal(dx, expected)
+    base = np.full((3, width + 9), np.nan, dtype=dtype)
+    fastdrop.dropout_backward(x, mask, out=base[:, 4:-5])
+    assert_bitwise_equal(base[:, 4:-5], expected)
+
+
+def _row_elements(dtype, extra):
+    return STREAM_ROW_BYTES // np.dtype(dtype).itemsize + extra
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("extra", [-1, 0, 3 * STAGE + 5], ids=lambda e: f"row+{e}")
+@pytest.mark.parametrize("rows", [(2, 3), (5, 8)], ids=str)
+def test_channel_masks(dtype, extra, rows):
+    """Rows just under and over STREAM_ROW_BYTES; (5, 8) rows of over a CHUNK are enough for the
+    parallel kernel."""
+    shape = (*rows, _row_elements(dtype, extra))
+    mask_shape = (*rows, 1)
+    x = np.random.default_rng(3).standard_normal(shape).astype(dtype)
+    x[0, 0, :3] = [np.nan, np.inf, -0.0]
+    expected = reference.dropout(x, 0.5, seed=9, offset=5, mask_shape=mask_shape)
+    for shift in _shifts(dtype):
+        out = _shifted(shape, dtype, shift, 0, fill=np.nan)
+        y, mask = fastdrop.dropout(x, 0.5, seed=9, offset=5, mask_shape=mask_shape, out=out)
+        assert_bitwise_equal(y, expected)
+        dx = _shifted(shape, dtype, shift, 0, fill=np.nan)
+        assert_bitwise_equal(fastdrop.dropout_backward(x, mask, out=dx), expected)
+    in_place = x.copy()
+    fastdrop.dropout(in_place, 0.5, seed=9, offset=5, mask_shape=mask_shape, out=in_place)
+    assert_bitwise_equal(in_place, expected)
+
+
+def test_spatial_dropout_large_maps():
+    x = np.random.default_rng(5).standard_normal((2, 16, 48, 48)).astype(np.float32)
+    y, mask = fastdrop.spatial_dropout(x, 0.4, seed=12)
+    expected = reference.spatial_dropout(x, 0.4, seed=12)
+    assert_bitwise_equal(y, expected)
+
+
+def test_misaligned_elements_fall_back_to_normal_stores():
+    """A float32 array at an odd byte address never reaches a line boundary on an element:
+    ``lead`` is its size and every store is a normal one."""
+    raw = np.zeros(4 * 3000 + 1, dtype=np.uint8)
+    out = raw[1:].view(np.float32)
+    assert out.ctypes.data % 4
+    x = np.random.default_rng(7).standard_normal(3000).astype(np.float32)
+    _, mask = fastdrop.dropout(x, 0.3, seed=2, keep_bits=True)
+    fastdrop.dropout_backward(x, mask, out=out)
+    assert_bitwise_equal(out, reference.dropout(x, 0.3, seed=2))
+
+    @numba.njit
+    def lead_of(array):
+        return _numba_stream.lead(array)
+
+    assert lead_of(out) == out.size
+    aligned = _shifted((100,), np.float32, 0, 0)
+    assert lead_of(aligned) == 0
+    assert lead_of(_shifted((100,), np.float32, 3, 0)) == CACHE_LINE // 4 - 3
+
+
+def test_threshold_is_the_last_level_cache(tmp_path):
+    for index, (kind, size) in enumerate([("Data", "32K"), ("Instruction", "64M"),
+                                          ("Unified", "512K"), ("Unified", "32768K")]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        (folder / "type").write_text(kind + "\n")
+        (folder / "size").write_text(size + "\n")
+    assert _numba_stream.last_level_cache_bytes(str(tmp_path)) == 32 << 20
+    assert _numba_stream.last_level_cache_bytes(str(tmp_path / "missing"), default=7) == 7
