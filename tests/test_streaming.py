@@ -142,3 +142,19 @@ def test_threshold_is_the_last_level_cache(tmp_path):
         (folder / "size").write_text(size + "\n")
     assert _numba_stream.last_level_cache_bytes(str(tmp_path)) == 32 << 20
     assert _numba_stream.last_level_cache_bytes(str(tmp_path / "missing"), default=7) == 7
+
+
+def test_fresh_outputs_are_not_streamed():
+    """An output the backend allocated for the call is fresh memory (see ``_fresh_outputs``):
+    the call that receives it writes it with normal stores; memory the caller passed streams."""
+    x = np.ones(1000, dtype=np.float32)
+    fresh = _numba_backend.empty_like(x)
+    assert not _numba_backend.streams(fresh)
+    assert _numba_backend.streams(fresh)  # asked once: the next call sees existing memory
+    assert _numba_backend.streams(np.empty_like(x))
+    assert id(fresh) not in _numba_backend._fresh_outputs
+    unused = _numba_backend.empty_like(x)
+    key = id(unused)
+    assert key in _numba_backend._fresh_outputs
+    del unused  # an output no kernel asked about leaves no entry behind
+    assert key not in _numba_backend._fresh_outputs
