@@ -30,7 +30,7 @@ LAYOUTS = {
     "col_step_2": (lambda r, c: (r, 2 * c), lambda a, r, c: a[:, ::2]),
     "transposed": (lambda r, c: (c, r), lambda a, r, c: a.T),
 }
-OPS = ("copyto", "forward", "backward", "backward_bits", "bias_dropout_add")
+OPS = ("copyto", "forward", "backward", "backward_bits", "bias_dropout_add", "alpha", "gaussian")
 
 
 def _view(layout, rows, cols, rng):
@@ -52,6 +52,8 @@ def _calls(layout, rows, cols, p):
         "backward": lambda: fastdrop.dropout_backward(x, mask, out=out),
         "backward_bits": lambda: fastdrop.dropout_backward(x, bits, out=out),
         "bias_dropout_add": lambda: fastdrop.bias_dropout_add(x, bias, residual, p, seed=1, out=out),
+        "alpha": lambda: fastdrop.alpha_dropout(x, p, seed=1, out=out),
+        "gaussian": lambda: fastdrop.gaussian_dropout(x, p, seed=1, out=out),
     }
 
 

@@ -205,7 +205,7 @@ def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
         for x_view, out_view, mask_strides, word_offset, tiles in rows:
             if tiles is not None:
                 kernels.for_size(kernels.select_tiles, x.size)(
-                    *tiles, np.uint64(word_offset), k0, k1, threshold, scale_value, zero)
+                    *tiles, np.uint64(word_offset), k0, k1, threshold, scale_value, -zero, zero)
                 continue
             select_rows(
                 x_view, out_view, *mask_strides, np.uint64(word_offset), k0, k1,

@@ -2,7 +2,7 @@
 
 Kernels only: launch decisions, validation and layout handling live in ``_numba_backend``.
 
-Speed comes from four choices. Work is split into fixed tasks of ``CHUNK`` elements (a
+Speed comes from five choices. Work is split into fixed tasks of ``CHUNK`` elements (a
 function of the indices alone, so the result never depends on the thread count). Inside a task
 the Philox counters are generated as lanes of a small array first, in a loop with no branches
 that LLVM vectorises across lanes (the 32 x 32 -> 64 bit multiplies of AVX2 or AVX-512), and only
@@ -10,8 +10,10 @@ then compared and selected; a scalar Philox per element runs at about a fifth of
 While a whole task generates its words it prefetches the lines its select loop will stream
 (``fill_chunk_prefetching``), so memory traffic runs under the arithmetic. And a row that steps
 by one element is looped over as a contiguous array (``unit_stride``) even when the array it
-belongs to is not (a column slice), so that those loops vectorise too. float16 arrays arrive as
-their uint16 bits (``_numba_half``).
+belongs to is not (a column slice), so that those loops vectorise too. And the kernels bound by
+memory rather than Philox (the backward from packed bits, channel-style masks) write outputs
+larger than the last-level cache with streaming stores, which skip reading the lines they
+overwrite (``_numba_stream``). float16 arrays arrive as their uint16 bits (``_numba_half``).
 """
 
 from __future__ import annotations
@@ -381,10 +383,13 @@ TILE_WORDS = 64
 
 
 @numba.njit(parallel=True, **_jit)
-def select_tiles(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, threshold, scale, zero):
-    """``select_rows`` (mask stride 1 along axis 2) for views whose axis 1 steps by one element
-    in both x and out and whose axis 2 does not: a transposed or F-ordered array, where the
-    mask's consecutive words run across memory.
+def select_tiles(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, threshold, scale,
+                 shift, dropped):
+    """out = where(keep, x * scale + shift, dropped), the mask as in ``select_rows`` with mask
+    stride 1 along axis 2, for views whose axis 1 steps by one element in both x and out and
+    whose axis 2 does not: a transposed or F-ordered array, where the mask's consecutive words
+    run across memory. Dropout passes shift -0.0 (x * scale + -0.0 is x * scale, bit for bit,
+    -0.0 included) and dropped 0; alpha dropout its affine map.
 
     ``select_rows`` would walk each row through memory with a large stride, a cache line per
     element (0.11 G elements/s at 2048 x 2048 float32 here, 5% of a copy of the view). A task
@@ -408,9 +413,16 @@ def select_tiles(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, thresh
                 by_column[c, r] = row_words[first + c]
             _prefetch_tile_column(x, out, i0, a, b, rows, cols, r)
         for c in range(cols):
-            _select_span(unit_stride(x[i0, a : a + rows, b + c]),
+            _affine_span(unit_stride(x[i0, a : a + rows, b + c]),
                          unit_stride(out[i0, a : a + rows, b + c]), by_column[c], last_kept,
-                         scale, zero)
+                         scale, shift, dropped)
+
+
+@numba.njit(inline="always", **_jit)
+def _affine_span(x_row, out_row, row_words, last_kept, scale, shift, dropped):
+    for j in range(x_row.size):
+        value = load(x_row, j) * scale + shift
+        store(out_row, j, pick(row_words[j] <= last_kept, value, dropped))
 
 
 @numba.njit(parallel=True, **_jit)
@@ -516,38 +528,45 @@ def select_rows_from_bits(x, out, mask_base, mask_stride0, mask_stride1, mask_st
 @numba.njit(parallel=True, **_jit)
 def pack_keep_bits(n, word_offset, k0, k1, threshold, bits):
     """bits = packbits(word(offset + i) < threshold for i < n), little bit order."""
+    no_hints = np.empty((1, 1, 0), dtype=np.uint8)  # the bits are 1/32 of the words' bytes
     for task in numba.prange((n + CHUNK - 1) // CHUNK):
         start = task * CHUNK
         count = min(CHUNK, n - start)
         words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
-        first = fill_words(words, word_offset + np.uint64(start), count, k0, k1)
+        first = task_words(words, word_offset + np.uint64(start), count, k0, k1, no_hints, None,
+                           no_hints, 0, 0, start)
         _pack_chunk(words, first, count, threshold, bits, start // 8)
 
 
 @numba.njit(parallel=True, **_jit)
 def fill_random_bits(out, word_offset, k0, k1):
-    """out[i] = word(offset + i) for a 1-D uint32 array."""
+    """out[i] = word(offset + i) for a 1-D C-contiguous uint32 array."""
     n = out.size
+    lines = out.reshape((1, 1, n))  # hinted for writing while a whole task makes its words
     for task in numba.prange((n + CHUNK - 1) // CHUNK):
         start = task * CHUNK
         count = min(CHUNK, n - start)
         words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
-        first = fill_words(words, word_offset + np.uint64(start), count, k0, k1)
-        for j in range(count):
-            out[start + j] = words[first + j]
+        first = task_words(words, word_offset + np.uint64(start), count, k0, k1, lines, None,
+                           lines, 0, 0, start)
+        out[start : start + count] = words[first : first + count]
 
 
 @numba.njit(parallel=True, **_jit)
 def fill_keep_flags(out, word_offset, k0, k1, threshold):
-    """out[i] = word(offset + i) < threshold for a 1-D bool array."""
+    """out[i] = word(offset + i) < threshold for a 1-D C-contiguous bool array."""
     n = out.size
+    lines = out.reshape((1, 1, n))
     for task in numba.prange((n + CHUNK - 1) // CHUNK):
         start = task * CHUNK
         count = min(CHUNK, n - start)
         words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
-        first = fill_words(words, word_offset + np.uint64(start), count, k0, k1)
+        first = task_words(words, word_offset + np.uint64(start), count, k0, k1, lines, None,
+                           lines, 0, 0, start)
+        row_words = words[first : first + count]
+        row_flags = out[start : start + count]
         for j in range(count):
-            out[start + j] = np.uint64(words[first + j]) < threshold
+            row_flags[j] = np.uint64(row_words[j]) < threshold
 
 
 def _serial_twin(kernel):

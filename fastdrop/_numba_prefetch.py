@@ -80,7 +80,8 @@ def _line_step(array):
         return None
     if array.layout == "C":
         # A compile-time constant: a runtime step measured about 10% slower in the kernels.
-        step = max(1, CACHE_LINE * 8 // array.dtype.bitwidth)
+        bits = 8 if isinstance(array.dtype, types.Boolean) else array.dtype.bitwidth  # NumPy bools: bytes
+        step = max(1, CACHE_LINE * 8 // bits)
 
         def contiguous(array):
             return step

@@ -25,15 +25,19 @@ import math
 import numba
 import numpy as np
 
-from fastdrop import reference
+from fastdrop import _numba_kernels as kernels, reference
 from fastdrop._kernel_cache import discard_stale_kernels
 from fastdrop._numba_half import as_compute, load, store
-from fastdrop._numba_backend import _kernel_lock, _key, _plain, _row_views, _threshold, compute_scalars
+from fastdrop._numba_backend import (
+    _kernel_lock, _key, _plain, _row_views, _threshold, _tile_views, compute_scalars,
+)
 from fastdrop._numba_kernels import (
-    _BUFFER_WORDS, CHUNK, SERIAL_BELOW, _jit, _serial_twin, fill_words, philox4x32_10, task_place,
-    task_words, unit_rows, word_at,
+    _BUFFER_WORDS, CHUNK, SERIAL_BELOW, TILE_ROWS, TILE_WORDS, _jit, _prefetch_tile_column,
+    _serial_twin, _tile_counts, _tile_place, fill_words, philox4x32_10, task_place, task_words,
+    unit_rows, word_at,
 )
 from fastdrop._numba_bits import bits_float64, float64_bits, pick, unit_stride
+from fastdrop._numba_prefetch import CACHE_LINE
 
 discard_stale_kernels()  # before any cached kernel loads: see _kernel_cache
 
@@ -183,25 +187,56 @@ def gaussian_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset,
     for task in numba.prange(rows * chunks_per_row):
         i0, i1, start, count = task_place(task, chunks_per_row, n1, n2)
         g = word_offset + np.uint64(i0 * mask_stride0 + i1 * mask_stride1 + start)
-        # Start the words at an even index so every element finds its pair in the buffer.
-        parity = np.int64(g & np.uint64(1))
         words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
-        first = fill_words(words, g - np.uint64(parity), count + parity, k0, k1)
-        # Pair k of the buffer holds the normals of elements 2k - first - parity, +1 of the task.
-        pairs = (first + parity + count + 1) // 2
         multipliers = np.empty(_BUFFER_WORDS, dtype=np.float64)
-        pair_words = words[: 2 * pairs]
-        for k in range(pairs):
-            z_even, z_odd = box_muller_pair(np.uint64(pair_words[2 * k]), np.uint64(pair_words[2 * k + 1]))
-            multipliers[2 * k] = 1.0 + sigma * z_even
-            multipliers[2 * k + 1] = 1.0 + sigma * z_odd
+        at = _multipliers(words, multipliers, g, count, k0, k1, sigma)
         x_row = x[i0, i1, start : start + count]
         out_row = out[i0, i1, start : start + count]
-        row_multipliers = multipliers[first + parity : first + parity + count]
+        row_multipliers = multipliers[at : at + count]
         if unit:
             _multiply_span(unit_stride(x_row), unit_stride(out_row), row_multipliers)
         else:
             _multiply_span(x_row, out_row, row_multipliers)
+
+
+@numba.njit(inline="always", **_jit)
+def _multipliers(words, multipliers, g, count, k0, k1, sigma):
+    """``1 + sigma * z`` of elements g .. g + count - 1 into ``multipliers[at : at + count]``;
+    returns ``at``. ``words`` and ``multipliers`` hold at least count + 8 values."""
+    # Start the words at an even index so every element finds its pair in the buffer.
+    parity = np.int64(g & np.uint64(1))
+    first = fill_words(words, g - np.uint64(parity), count + parity, k0, k1)
+    # Pair k of the buffer holds the normals of elements 2k - first - parity, +1 of the span.
+    pairs = (first + parity + count + 1) // 2
+    pair_words = words[: 2 * pairs]
+    for k in range(pairs):
+        z_even, z_odd = box_muller_pair(np.uint64(pair_words[2 * k]), np.uint64(pair_words[2 * k + 1]))
+        multipliers[2 * k] = 1.0 + sigma * z_even
+        multipliers[2 * k + 1] = 1.0 + sigma * z_odd
+    return first + parity
+
+
+@numba.njit(parallel=True, **_jit)
+def gaussian_tiles(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, sigma):
+    """``gaussian_rows`` for transposed and F-ordered views, by tiles as
+    ``_numba_kernels.select_tiles``: each tile row's multipliers are made from consecutive
+    words, stored by column, and the tile's memory columns are multiplied."""
+    n0, n1, n2 = x.shape
+    tiles1, tiles2 = _tile_counts(n1, n2)
+    for task in numba.prange(n0 * tiles1 * tiles2):
+        i0, a, b, rows, cols = _tile_place(task, tiles1, tiles2, n1, n2)
+        words = np.empty(TILE_WORDS + 8, dtype=np.uint32)
+        row_multipliers = np.empty(TILE_WORDS + 8, dtype=np.float64)
+        by_column = np.empty((TILE_WORDS, TILE_ROWS), dtype=np.float64)
+        for r in range(rows):
+            g = word_offset + np.uint64(i0 * mask_stride0 + (a + r) * mask_stride1 + b)
+            at = _multipliers(words, row_multipliers, g, cols, k0, k1, sigma)
+            for c in range(cols):
+                by_column[c, r] = row_multipliers[at + c]
+            _prefetch_tile_column(x, out, i0, a, b, rows, cols, r)
+        for c in range(cols):
+            _multiply_span(unit_stride(x[i0, a : a + rows, b + c]),
+                           unit_stride(out[i0, a : a + rows, b + c]), by_column[c])
 
 
 @numba.njit(inline="always", **_jit)
@@ -251,6 +286,43 @@ def bias_dropout_add_rows(x, bias, residual, out, has_bias, word_offset, k0, k1,
             column = 0
 
 
+@numba.njit(parallel=True, **_jit)
+def bias_dropout_add_tiles(x, bias, residual, out, has_bias, word_offset, k0, k1, threshold,
+                           scale, zero):
+    """``bias_dropout_add_rows`` for (1, rows, width) views whose rows axis steps by one element
+    in x, residual and out and whose width axis does not (a transposed or F-ordered matrix): by
+    tiles as ``_numba_kernels.select_tiles``, a memory column of a tile sharing one bias value."""
+    n0, n1, n2 = x.shape
+    tiles1, tiles2 = _tile_counts(n1, n2)
+    last_kept = np.uint32(threshold - np.uint64(1))  # 32-bit compare, as in select_rows: t >= 1
+    for task in numba.prange(n0 * tiles1 * tiles2):
+        i0, a, b, rows, cols = _tile_place(task, tiles1, tiles2, n1, n2)
+        row_words = np.empty(TILE_WORDS + 8, dtype=np.uint32)
+        by_column = np.empty((TILE_WORDS, TILE_ROWS), dtype=np.uint32)
+        for r in range(rows):
+            g = word_offset + np.uint64((i0 * n1 + a + r) * n2 + b)
+            first = fill_words(row_words, g, cols, k0, k1)
+            for c in range(cols):
+                by_column[c, r] = row_words[first + c]
+            _prefetch_tile_column(x, out, i0, a, b, rows, cols, r)
+        for c in range(cols):
+            x_column = unit_stride(x[i0, a : a + rows, b + c])
+            residual_column = unit_stride(residual[i0, a : a + rows, b + c])
+            out_column = unit_stride(out[i0, a : a + rows, b + c])
+            column_words = by_column[c]
+            if has_bias:
+                column_bias = load(bias, b + c)
+                for j in range(rows):
+                    value = (load(x_column, j) + column_bias) * scale
+                    store(out_column, j, load(residual_column, j)
+                          + pick(column_words[j] <= last_kept, value, zero))
+            else:
+                for j in range(rows):
+                    value = load(x_column, j) * scale
+                    store(out_column, j, load(residual_column, j)
+                          + pick(column_words[j] <= last_kept, value, zero))
+
+
 @numba.njit(inline="always", **_jit)
 def _bias_dropout_add_span(x_row, bias_row, residual_row, out_row, has_bias, row_words,
                            last_kept, scale, zero):
@@ -269,14 +341,16 @@ def _bias_dropout_add_span(x_row, bias_row, residual_row, out_row, has_bias, row
 # ------------------------------------------------------------------------------------- launchers
 
 #: Serial twins of the kernels for problems too small to share out (see ``_numba_kernels``).
-_SERIAL = {kernel: _serial_twin(kernel) for kernel in (alpha_rows, gaussian_rows, bias_dropout_add_rows)}
+_SERIAL = {kernel: _serial_twin(kernel)
+           for kernel in (alpha_rows, gaussian_rows, gaussian_tiles, bias_dropout_add_rows,
+                          bias_dropout_add_tiles)}
 #: Gaussian dropout does about 6x the forward's work per element, so it shares out sooner: from
 #: two tasks (CHUNK elements each) on.
 GAUSSIAN_SERIAL_BELOW = 2 * CHUNK
 
 
 def _for_size(kernel, n_elements: int):
-    serial_below = GAUSSIAN_SERIAL_BELOW if kernel is gaussian_rows else SERIAL_BELOW
+    serial_below = GAUSSIAN_SERIAL_BELOW if kernel in (gaussian_rows, gaussian_tiles) else SERIAL_BELOW
     return _SERIAL[kernel] if n_elements < serial_below else kernel
 
 
@@ -289,6 +363,12 @@ def alpha_forward(x, out, *, mask_shape, seed, offset, threshold, affine):
     kernel = _for_size(alpha_rows, x.size)
     with _kernel_lock:
         for x_view, out_view, mask_strides, word_offset in _row_views(x, out, mask_shape, offset):
+            # Transposed: see select_tiles (which needs a threshold of at least 1).
+            tiles = _tile_views(x_view, out_view, mask_strides) if threshold else None
+            if tiles is not None:
+                kernels.for_size(kernels.select_tiles, x.size)(
+                    *tiles, np.uint64(word_offset), k0, k1, _threshold(threshold), a, shift, dropped)
+                continue
             kernel(x_view, out_view, *mask_strides, np.uint64(word_offset), k0, k1,
                    _threshold(threshold), a, shift, dropped)
 
@@ -299,7 +379,20 @@ def gaussian_forward(x, out, *, mask_shape, seed, offset, sigma):
     kernel = _for_size(gaussian_rows, x.size)
     with _kernel_lock:
         for x_view, out_view, mask_strides, word_offset in _row_views(x, out, mask_shape, offset):
+            tiles = _tile_views(x_view, out_view, mask_strides)
+            if tiles is not None:
+                _for_size(gaussian_tiles, x.size)(*tiles, np.uint64(word_offset), k0, k1, np.float64(sigma))
+                continue
             kernel(x_view, out_view, *mask_strides, np.uint64(word_offset), k0, k1, np.float64(sigma))
+
+
+def _columns_contiguous(*matrices) -> bool:
+    """Whether the (rows, width) matrices step by one element down their columns and not along
+    their rows, with at least a cache line of rows: ``bias_dropout_add_tiles`` then."""
+    rows, width = matrices[0].shape
+    item = matrices[0].itemsize
+    return (width > 1 and rows * item >= CACHE_LINE
+            and all(m.strides[0] == item and m.strides[1] != item for m in matrices))
 
 
 def bias_dropout_add(x, bias, residual, out, *, seed, offset, threshold, scale):
@@ -313,6 +406,12 @@ def bias_dropout_add(x, bias, residual, out, *, seed, offset, threshold, scale):
     has_bias = bias is not None
     bias_values = bias if has_bias else np.zeros(1, dtype=x.dtype)
     x, bias_values, residual, out = (_plain(a) for a in (x, bias_values, residual, out))
+    if _columns_contiguous(x, residual, out):
+        with _kernel_lock:
+            _for_size(bias_dropout_add_tiles, x.size)(
+                x[None], bias_values, residual[None], out[None], has_bias, np.uint64(offset), k0,
+                k1, _threshold(threshold), scale_value, zero)
+        return
     flat = [a.reshape(1, 1, -1) if a.flags.c_contiguous else np.empty((1, 1, 0), a.dtype)
             for a in (x, residual, out)]
     kernel = _for_size(bias_dropout_add_rows, x.size)

@@ -212,3 +212,98 @@ def test_keep_bits_of_a_tiled_launch_with_a_broadcast_mask(dtype):
         out = np.empty(x.shape, x.dtype, order="F")
         fastdrop.dropout_backward(x, mask, out=out)
         assert_bitwise_equal(out, expected)
+
+
+@pytest.mark.parametrize("shape", TILE_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_transposed_alpha_dropout(dtype, shape):
+    """Alpha dropout's tiles: ``select_tiles`` with its affine map; p = 1 and p within 2**-33 of 1
+    (threshold 0, which the tiles cannot take) go to the row kernel; a feature mask too."""
+    x = _transposed(shape, dtype, 5)
+    dense = np.ascontiguousarray(x)
+    # (a float16 x with p within 2**-33 of 1: the reference's affine constants overflow float16)
+    for p in (0.2, 0.9, 1.0) + ((1.0 - 2.0**-40,) if dtype != np.float16 else ()):
+        for offset in (0, 3):
+            y, _ = fastdrop.alpha_dropout(x, p, seed=31, offset=offset)
+            assert_bitwise_equal(y, reference.alpha_dropout(dense, p, seed=31, offset=offset))
+    y, _ = fastdrop.alpha_dropout(x, 0.3, seed=31, mask_shape=(1, shape[1]))
+    assert_bitwise_equal(y, reference.alpha_dropout(dense, 0.3, seed=31, mask_shape=(1, shape[1])))
+
+
+def test_dropout_tiles_keep_the_sign_of_zero():
+    """The tiles add -0.0 to x * scale (their affine form): a kept -0.0 must stay -0.0."""
+    x = np.zeros((TILE_WORDS + 3, TILE_ROWS + 5), dtype=np.float32).T
+    x[::2] = -0.0
+    y, mask = fastdrop.dropout(x, 0.5, seed=3)
+    expected = reference.dropout(np.ascontiguousarray(x), 0.5, seed=3)
+    assert_bitwise_equal(y, expected)
+    assert np.signbit(y).any()
+
+
+def test_transposed_alpha_takes_the_tiles(monkeypatch):
+    from fastdrop import _numba_kernels as kernels
+
+    used = []
+    original = kernels.for_size
+    monkeypatch.setattr(kernels, "for_size", lambda kernel, n: used.append(kernel) or original(kernel, n))
+    fastdrop.alpha_dropout(_transposed((100, 100), np.float32, 4), 0.3, seed=1)
+    assert used == [kernels.select_tiles]
+
+
+@pytest.mark.parametrize("shape", TILE_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_transposed_gaussian_dropout(dtype, shape):
+    """Gaussian dropout's tiles (``gaussian_tiles``): tile rows starting at odd and even words,
+    so that a row's first element pairs with a word before the tile, at several offsets."""
+    x = _transposed(shape, dtype, 6)
+    dense = np.ascontiguousarray(x)
+    for offset in (0, 1, 3, 2**40 + 1):
+        y, _ = fastdrop.gaussian_dropout(x, 0.3, seed=41, offset=offset)
+        assert_bitwise_equal(y, reference.gaussian_dropout(dense, 0.3, seed=41, offset=offset))
+    inplace = x.copy(order="F")
+    fastdrop.gaussian_dropout(inplace, 0.3, seed=41, out=inplace)
+    assert_bitwise_equal(inplace, reference.gaussian_dropout(dense, 0.3, seed=41))
+
+
+def test_transposed_gaussian_takes_the_tiles(monkeypatch):
+    from fastdrop import _numba_variants
+
+    used = []
+    original = _numba_variants._for_size
+    monkeypatch.setattr(_numba_variants, "_for_size",
+                        lambda kernel, n: used.append(kernel) or original(kernel, n))
+    fastdrop.gaussian_dropout(_transposed((100, 100), np.float32, 4), 0.3, seed=1)
+    assert _numba_variants.gaussian_tiles in used
+
+
+@pytest.mark.parametrize("shape", TILE_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_transposed_bias_dropout_add(dtype, shape):
+    """``bias_dropout_add_tiles``: x, residual and out transposed; a bias per column (strided,
+    contiguous, none); in place into the residual."""
+    x = _transposed(shape, dtype, 7)
+    residual = _transposed(shape, dtype, 8)
+    dense_x, dense_residual = np.ascontiguousarray(x), np.ascontiguousarray(residual)
+    bias = np.random.default_rng(9).standard_normal(2 * shape[1]).astype(dtype)[::2]
+    for b in (bias, np.ascontiguousarray(bias), None):
+        expected = reference.bias_dropout_add(dense_x, None if b is None else np.array(b),
+                                              dense_residual, 0.3, seed=19, offset=5)
+        out = np.full(shape[::-1], np.nan, dtype).T
+        y, _ = fastdrop.bias_dropout_add(x, b, residual, 0.3, seed=19, offset=5, out=out)
+        assert_bitwise_equal(y, expected)
+        inplace = residual.copy(order="F")
+        fastdrop.bias_dropout_add(x, b, inplace, 0.3, seed=19, offset=5, out=inplace)
+        assert_bitwise_equal(inplace, expected)
+
+
+def test_transposed_bias_dropout_add_takes_the_tiles(monkeypatch):
+    from fastdrop import _numba_variants
+
+    used = []
+    original = _numba_variants._for_size
+    monkeypatch.setattr(_numba_variants, "_for_size",
+                        lambda kernel, n: used.append(kernel) or original(kernel, n))
+    x = _transposed((100, 100), np.float32, 4)
+    fastdrop.bias_dropout_add(x, np.ones(100, np.float32), x.copy(order="F"), 0.3, seed=1,
+                              out=np.empty((100, 100), np.float32, order="F"))
+    assert used == [_numba_variants.bias_dropout_add_tiles]
