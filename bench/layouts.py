@@ -20,8 +20,7 @@ import sys
 import numpy as np
 
 import fastdrop
-from fastdrop._bench_run import machine_info
-from targets import _best_of  # bench/targets.py, beside this script
+from targets import _best_of, machine_line  # bench/targets.py, beside this script
 
 LAYOUTS = {
     "contiguous": (lambda r, c: (r, c), lambda a, r, c: a),
@@ -88,9 +87,7 @@ def main(argv=None) -> int:
             vs_contiguous = median["contiguous", op] / median[layout, op]
             cells.append(f"{rate:.2f} ({of_copy:.0f}%; x{vs_contiguous:.2f})")
         print(" | ".join((layout, *cells)), flush=True)
-    info = machine_info("cpu")
-    print(f"\n{info['cpu']}, {info['cores']} cores, numba {info['numba']} ({info['numba_threads']} "
-          f"threads), numpy {info['numpy']}, load average {info['load_average']}, {info['date']}")
+    print("\n" + machine_line())
     return 0
 
 

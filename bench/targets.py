@@ -35,6 +35,14 @@ def _best_of(run, calls: int) -> float:
     return best
 
 
+def machine_line() -> str:
+    """The machine, library versions, load and date, as one line under a table."""
+    info = machine_info("cpu")
+    return (f"{info['cpu']}, {info['cores']} cores, numba {info['numba']} ({info['numba_threading_layer']}, "
+            f"{info['numba_threads']} threads), numpy {info['numpy']}, torch {info['torch']}, "
+            f"OPENBLAS_CORETYPE={info['openblas_coretype']}, load average {info['load_average']}, {info['date']}")
+
+
 def measure(op: str, n: int, rounds: int, p: float) -> dict:
     prepared = {}
     for impl in IMPLS:
@@ -81,13 +89,10 @@ def main(argv=None) -> int:
                  for k in ("copy", "copy_out", "alloc_copy")]
         cells += [f"{r[k]['median']:.1f}x [{r[k]['min']:.1f}, {r[k]['max']:.1f}]" for k in ("numpy", "torch")]
         print(" | ".join([op, *cells]), flush=True)
-    info = machine_info("cpu")
-    print(f"\n{info['cpu']}, {info['cores']} cores, numba {info['numba']} ({info['numba_threading_layer']}, "
-          f"{info['numba_threads']} threads), numpy {info['numpy']}, torch {info['torch']}, "
-          f"OPENBLAS_CORETYPE={info['openblas_coretype']}, load average {info['load_average']}, {info['date']}")
+    print("\n" + machine_line())
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"machine": info, "n": n, "p": args.p, "rounds": args.rounds, "results": results},
+            json.dump({"machine": machine_info("cpu"), "n": n, "p": args.p, "rounds": args.rounds, "results": results},
                       handle, indent=2)
     return 0
 
