@@ -175,8 +175,9 @@ _fresh_outputs: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 def streams(out) -> bool:
     """Whether kernels write ``out`` (as the caller passed it, before ``_plain``) with streaming
     stores (see ``_numba_stream``): memory that already existed, at least ``STREAM_ABOVE``."""
-    fresh = _fresh_outputs.pop(id(out), None) is out
-    return STREAMING and out.nbytes >= STREAM_ABOVE and not fresh
+    if not STREAMING or out.nbytes < STREAM_ABOVE:  # first: the common small call stops here
+        return False
+    return _fresh_outputs.pop(id(out), None) is not out
 
 
 def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
