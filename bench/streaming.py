@@ -1,7 +1,7 @@
 """Normal against streaming (non-temporal) stores in the kernels that may stream.
 
 The CPU backend streams an output when it is at least ``STREAM_ABOVE`` bytes (the last-level
-cache) and not freshly allocated for the call (``fastdrop._numba_backend.streams``). This script
+cache) and not fresh pages it allocated for the call (``fastdrop._numba_backend.streams``). This script
 flips that threshold in one process, alternating rounds between "never" and "always", and prints
 G elements/s for each case: the backward from packed bits (into an existing array, and
 allocating), channel masks of three row lengths, and the Philox forward, which never streams
@@ -19,10 +19,20 @@ import sys
 import numpy as np
 
 import fastdrop
-from fastdrop import _numba_backend
+from fastdrop import _numba_backend, _numba_stream
 from targets import _best_of, machine_line  # bench/targets.py, beside this script
 
 NEVER = 1 << 62
+
+
+def _without_fresh_outputs(call):
+    """``call()`` with the backend's allocations not marked fresh (so that they stream too)."""
+    saved = _numba_backend.empty_like
+    _numba_backend.empty_like = np.empty_like
+    try:
+        return call()
+    finally:
+        _numba_backend.empty_like = saved
 
 
 def _cases(n: int, dtype) -> dict:
@@ -32,7 +42,10 @@ def _cases(n: int, dtype) -> dict:
     _, mask = fastdrop.dropout(x, 0.1, seed=1, keep_bits=True)
     cases = {
         "backward from bits, out=": lambda: fastdrop.dropout_backward(x, mask, out=out),
-        "backward from bits, allocating": lambda: fastdrop.dropout_backward(x, mask),
+        "backward from bits, allocating (fresh pages: normal stores in both)":
+            lambda: fastdrop.dropout_backward(x, mask),
+        "backward from bits, allocating, streamed anyway": lambda: _without_fresh_outputs(
+            lambda: fastdrop.dropout_backward(x, mask)),
         "forward (never streams)": lambda: fastdrop.dropout(x, 0.1, seed=1, out=out),
     }
     for row in (256, 1024, 16384):
@@ -53,17 +66,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     n = 2 ** int(args.n[2:]) if args.n.startswith("2^") else int(args.n)
     cases = _cases(n, np.dtype(args.dtype))
-    saved = _numba_backend.STREAM_ABOVE
+    saved = _numba_stream.STREAM_ABOVE
     rates = {(name, mode): [] for name in cases for mode in ("normal", "streaming")}
     try:
         for _ in range(args.rounds):
             for mode, threshold in (("normal", NEVER), ("streaming", 0)):
-                _numba_backend.STREAM_ABOVE = threshold
+                _numba_stream.STREAM_ABOVE = threshold
                 for name, call in cases.items():
                     call()
                     rates[name, mode].append(n / _best_of(call, args.calls) / 1e9)
     finally:
-        _numba_backend.STREAM_ABOVE = saved
+        _numba_stream.STREAM_ABOVE = saved
     print(f"command: {' '.join(sys.argv)}")
     print(f"n = {n}, {args.dtype}; G elements/s, median of {args.rounds} rounds of best-of-{args.calls}"
           f" (this machine streams outputs of at least {saved / 2**20:g} MiB)\n")

@@ -16,6 +16,8 @@ Every backend module has the same functions, all trusting already validated argu
 ``keep_flags(out, *, seed, offset, threshold)``
     Fill the 1-D bool array ``out`` with ``word(offset + i) < threshold``.
 ``empty_like(x)``, ``empty(n, dtype)``, ``zeros(n, dtype)``: allocation in the backend's memory.
+    (The CPU backend remembers the large outputs of its ``empty_like`` as fresh pages, which its
+    kernels then write without streaming stores: ``_numba_backend.streams``.)
 """
 
 from __future__ import annotations

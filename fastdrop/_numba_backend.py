@@ -23,7 +23,7 @@ from fastdrop._contract import compute_dtype, philox_key
 from fastdrop._layout import rank3_launches
 from fastdrop._numba_half import kernel_view
 from fastdrop._numba_prefetch import CACHE_LINE as _CACHE_LINE
-from fastdrop._numba_stream import STREAM_ABOVE, STREAMING
+from fastdrop import _numba_stream
 
 # Numba's default 'workqueue' threading layer must not be entered from two Python threads at once
 # (it aborts the process); the parallel kernels already use every core, so calls take turns.
@@ -47,8 +47,8 @@ def check_dtype(dtype, argument: str) -> None:
 
 def empty_like(x):
     out = np.empty_like(x)
-    if out.nbytes >= STREAM_ABOVE:
-        _fresh_outputs[id(out)] = out
+    if out.nbytes >= max(_numba_stream.STREAM_ABOVE, _numba_stream.ALWAYS_FRESH_BYTES):
+        _fresh_outputs[id(out)] = out  # see streams
     return out
 
 
@@ -165,17 +165,19 @@ def _tile_views(x_view, out_view, mask_strides):
     return None
 
 
-#: Outputs this backend allocated for a call, until the call's kernel asks ``streams``. A large
-#: allocation is fresh memory: its pages are zeroed by the kernel on first touch, which leaves
-#: them in the cache, so normal stores there cost no read and streaming ones only evict them
-#: (backward from bits into a new 2^24 float32 array: 2.8 G elements/s normal, 2.5 streamed).
+#: Outputs this backend allocated for a call, until the call's kernel asks ``streams``: those of
+#: at least ``ALWAYS_FRESH_BYTES``, which are fresh pages that the OS zeroes on first touch and
+#: leaves in the cache, so normal stores there cost no read and streaming ones only evict them
+#: (``bench/streaming.py``: backward from bits into a new 2^24 float32 array). Smaller outputs may
+#: be reused heap memory, no longer cached, and stream like any other.
 _fresh_outputs: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def streams(out) -> bool:
     """Whether kernels write ``out`` (as the caller passed it, before ``_plain``) with streaming
-    stores (see ``_numba_stream``): memory that already existed, at least ``STREAM_ABOVE``."""
-    if not STREAMING or out.nbytes < STREAM_ABOVE:  # first: the common small call stops here
+    stores (see ``_numba_stream``): at least ``STREAM_ABOVE`` bytes, and not fresh pages that
+    this backend's ``empty_like`` made for the call."""
+    if not _numba_stream.STREAMING or out.nbytes < _numba_stream.STREAM_ABOVE:  # small calls stop here
         return False
     return _fresh_outputs.pop(id(out), None) is not out
 

@@ -29,7 +29,7 @@ from fastdrop._contract import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 from fastdrop._numba_half import load, store
 from fastdrop._numba_prefetch import CACHE_LINE, line_step, prefetch
 from fastdrop._numba_bits import pick, unit_stride
-from fastdrop._numba_stream import lead, store_fence, stream_lines
+from fastdrop._numba_stream import STAGE, STREAM_ROW_BYTES, lead, store_fence, stream_lines
 
 #: Elements per parallel task: a multiple of 8 (whole bytes of packed bits) and of 4 (counters).
 CHUNK = 4032
@@ -263,13 +263,6 @@ def unit_rows(a, b):
     return a.strides[2] == a.itemsize and b.strides[2] == b.itemsize
 
 
-#: Elements staged between streaming stores (see ``_numba_stream``).
-STAGE = 128
-#: Rows (or a bits task's chunk) shorter than this are not streamed: the partial lines at both
-#: ends take normal stores, and 1 KB rows of a channel mask ran at 0.65x streamed.
-STREAM_ROW_BYTES = 4096
-
-
 @numba.njit(inline="always", **_jit)
 def _select_span(x_row, out_row, row_words, last_kept, scale, zero):
     for j in range(x_row.size):
@@ -321,15 +314,15 @@ def select_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k
     for a single full row (mask index == element index), whose chunks start on byte boundaries.
     ``threshold`` must be at least 1 (threshold 0 drops everything: the backend fills zeros).
     ``stream``: write the unit-stride rows of channel-style masks (``mask_stride2 == 0``) of at
-    least ``STREAM_ROW_BYTES`` with streaming stores (``_numba_stream``). The words path never
-    streams: see why there."""
+    least ``STREAM_ROW_BYTES`` with streaming stores. The words path never streams: the module
+    ``_numba_stream`` says why."""
     n0, n1, n2 = x.shape
     rows = n0 * n1
     unit = unit_rows(x, out)
     stream = stream and unit
     if mask_stride2 == 0 and stream and n2 * out.itemsize >= STREAM_ROW_BYTES:
-        # Channel-style masks, streamed: tasks of whole rows, at least CHUNK elements each
-        # (a task's staging buffer is allocated once).
+        # Channel-style masks, streamed: tasks of whole rows, up to CHUNK elements (at least
+        # one row) each, so that a task's staging buffer is allocated once for several rows.
         per_task = max(1, CHUNK // max(n2, 1))
         for task in numba.prange((rows + per_task - 1) // per_task):
             staged = np.empty(STAGE, dtype=out.dtype)
@@ -400,10 +393,10 @@ def select_tiles(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, thresh
     from the row-major words instead, a gather, ran at 0.45.)
     """
     n0, n1, n2 = x.shape
-    tiles1, tiles2 = _tile_counts(n1, n2)
+    tiles1, tiles2 = tile_counts(n1, n2)
     last_kept = np.uint32(threshold - np.uint64(1))  # 32-bit compare, as in select_rows
     for task in numba.prange(n0 * tiles1 * tiles2):
-        i0, a, b, rows, cols = _tile_place(task, tiles1, tiles2, n1, n2)
+        i0, a, b, rows, cols = tile_place(task, tiles1, tiles2, n1, n2)
         row_words = np.empty(TILE_WORDS + 8, dtype=np.uint32)  # + up to 3 words before the first
         by_column = np.empty((TILE_WORDS, TILE_ROWS), dtype=np.uint32)
         for r in range(rows):
@@ -411,7 +404,7 @@ def select_tiles(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, thresh
             first = fill_words(row_words, g, cols, k0, k1)
             for c in range(cols):
                 by_column[c, r] = row_words[first + c]
-            _prefetch_tile_column(x, out, i0, a, b, rows, cols, r)
+            prefetch_tile_column(x, out, i0, a, b, rows, cols, r)
         for c in range(cols):
             _affine_span(unit_stride(x[i0, a : a + rows, b + c]),
                          unit_stride(out[i0, a : a + rows, b + c]), by_column[c], last_kept,
@@ -430,15 +423,15 @@ def select_tiles_from_bits(x, out, mask_base, mask_stride0, mask_stride1, bits, 
     """``select_tiles`` with keep flags read from packed bits at the mask's flat index (the
     layout of ``select_rows_from_bits`` with mask stride 1 along axis 2)."""
     n0, n1, n2 = x.shape
-    tiles1, tiles2 = _tile_counts(n1, n2)
+    tiles1, tiles2 = tile_counts(n1, n2)
     for task in numba.prange(n0 * tiles1 * tiles2):
-        i0, a, b, rows, cols = _tile_place(task, tiles1, tiles2, n1, n2)
+        i0, a, b, rows, cols = tile_place(task, tiles1, tiles2, n1, n2)
         by_column = np.empty((TILE_WORDS, TILE_ROWS), dtype=np.uint8)
         for r in range(rows):
             m = mask_base + i0 * mask_stride0 + (a + r) * mask_stride1 + b
             for c in range(cols):
                 by_column[c, r] = (bits[(m + c) >> 3] >> ((m + c) & 7)) & 1
-            _prefetch_tile_column(x, out, i0, a, b, rows, cols, r)
+            prefetch_tile_column(x, out, i0, a, b, rows, cols, r)
         for c in range(cols):
             _select_flags(unit_stride(x[i0, a : a + rows, b + c]),
                           unit_stride(out[i0, a : a + rows, b + c]), by_column[c], rows, scale,
@@ -446,12 +439,12 @@ def select_tiles_from_bits(x, out, mask_base, mask_stride0, mask_stride1, bits, 
 
 
 @numba.njit(inline="always", **_jit)
-def _tile_counts(n1, n2):
+def tile_counts(n1, n2):
     return (n1 + TILE_ROWS - 1) // TILE_ROWS, (n2 + TILE_WORDS - 1) // TILE_WORDS
 
 
 @numba.njit(inline="always", **_jit)
-def _tile_place(task, tiles1, tiles2, n1, n2):
+def tile_place(task, tiles1, tiles2, n1, n2):
     """(i0, first row a, first column b, rows, columns) of a tile task, row-major over tiles."""
     i0 = task // (tiles1 * tiles2)
     rest = task - i0 * tiles1 * tiles2
@@ -462,7 +455,7 @@ def _tile_place(task, tiles1, tiles2, n1, n2):
 
 
 @numba.njit(inline="always", **_jit)
-def _prefetch_tile_column(x, out, i0, a, b, rows, cols, r):
+def prefetch_tile_column(x, out, i0, a, b, rows, cols, r):
     """Hint the lines of the tile's column r (while row r's words are made), if there is one."""
     if r < cols:
         step = max(1, CACHE_LINE // x.itemsize)  # elements per line along the unit-stride axis 1
@@ -488,7 +481,9 @@ def _stream_flags(x_row, out_row, flags, count, scale, zero):
 @numba.njit(parallel=True, **_jit)
 def select_rows_from_bits(x, out, mask_base, mask_stride0, mask_stride1, mask_stride2, bits,
                           scale, zero, stream):
-    """Like ``select_rows`` with keep flags read from packed bits at the mask's flat index."""
+    """Like ``select_rows`` with keep flags read from packed bits at the mask's flat index.
+    ``stream``: write chunks of at least ``STREAM_ROW_BYTES`` of unit-stride rows with streaming
+    stores (this kernel is bound by memory: ``_numba_stream``)."""
     n0, n1, n2 = x.shape
     rows = n0 * n1
     unit = unit_rows(x, out)
@@ -543,12 +538,13 @@ def fill_random_bits(out, word_offset, k0, k1):
     """out[i] = word(offset + i) for a 1-D C-contiguous uint32 array."""
     n = out.size
     lines = out.reshape((1, 1, n))  # hinted for writing while a whole task makes its words
+    nothing_read = np.empty((1, 1, 0), dtype=np.uint8)
     for task in numba.prange((n + CHUNK - 1) // CHUNK):
         start = task * CHUNK
         count = min(CHUNK, n - start)
         words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
-        first = task_words(words, word_offset + np.uint64(start), count, k0, k1, lines, None,
-                           lines, 0, 0, start)
+        first = task_words(words, word_offset + np.uint64(start), count, k0, k1, nothing_read,
+                           None, lines, 0, 0, start)
         out[start : start + count] = words[first : first + count]
 
 
@@ -557,12 +553,13 @@ def fill_keep_flags(out, word_offset, k0, k1, threshold):
     """out[i] = word(offset + i) < threshold for a 1-D C-contiguous bool array."""
     n = out.size
     lines = out.reshape((1, 1, n))
+    nothing_read = np.empty((1, 1, 0), dtype=np.uint8)
     for task in numba.prange((n + CHUNK - 1) // CHUNK):
         start = task * CHUNK
         count = min(CHUNK, n - start)
         words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
-        first = task_words(words, word_offset + np.uint64(start), count, k0, k1, lines, None,
-                           lines, 0, 0, start)
+        first = task_words(words, word_offset + np.uint64(start), count, k0, k1, nothing_read,
+                           None, lines, 0, 0, start)
         row_words = words[first : first + count]
         row_flags = out[start : start + count]
         for j in range(count):

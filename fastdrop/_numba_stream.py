@@ -9,7 +9,7 @@ non-temporal store writes whole lines to memory without reading them. Measured o
 Where it pays, and where it does not (same machine):
 
 * Memory-bound kernels: the backward from packed bits and channel-style masks (one word per
-  row), 1.2-1.3x faster on outputs larger than the last-level cache (``STREAM_ABOVE``). Below
+  row), 1.1-1.45x faster on outputs larger than the last-level cache (``STREAM_ABOVE``). Below
   that size normal stores win (2^21 float32: 5.3 against 4.9 G elements/s): the output would
   have stayed in the cache for whoever reads it next.
 * Not the Philox kernels (forward, backward from the seed, the variants): a task computes its
@@ -63,6 +63,14 @@ def last_level_cache_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache",
 
 #: Outputs of at least this many bytes (the last-level cache) are streamed.
 STREAM_ABOVE = last_level_cache_bytes()
+#: Elements staged between streaming stores (a multiple of a line for every item size).
+STAGE = 128
+#: Rows (or a bits task's chunk) shorter than this are not streamed: the partial lines at both
+#: ends take normal stores, and 1 KB rows of a channel mask ran at 0.65x streamed.
+STREAM_ROW_BYTES = 4096
+#: glibc serves allocations of at least this size (its largest mmap threshold on 64-bit) with
+#: fresh pages from the OS every time; smaller ones may reuse freed, uncached heap memory.
+ALWAYS_FRESH_BYTES = 32 << 20
 
 
 @intrinsic

@@ -25,16 +25,16 @@ import math
 import numba
 import numpy as np
 
-from fastdrop import _numba_kernels as kernels, reference
+from fastdrop import reference
 from fastdrop._kernel_cache import discard_stale_kernels
 from fastdrop._numba_half import as_compute, load, store
 from fastdrop._numba_backend import (
     _kernel_lock, _key, _plain, _row_views, _threshold, _tile_views, compute_scalars,
 )
 from fastdrop._numba_kernels import (
-    _BUFFER_WORDS, CHUNK, SERIAL_BELOW, TILE_ROWS, TILE_WORDS, _jit, _prefetch_tile_column,
-    _serial_twin, _tile_counts, _tile_place, fill_words, philox4x32_10, task_place, task_words,
-    unit_rows, word_at,
+    _BUFFER_WORDS, CHUNK, SERIAL_BELOW, TILE_ROWS, TILE_WORDS, _jit, _serial_twin, fill_words,
+    for_size, philox4x32_10, prefetch_tile_column, select_tiles, task_place, task_words,
+    tile_counts, tile_place, unit_rows, word_at,
 )
 from fastdrop._numba_bits import bits_float64, float64_bits, pick, unit_stride
 from fastdrop._numba_prefetch import CACHE_LINE
@@ -222,9 +222,9 @@ def gaussian_tiles(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, sigm
     ``_numba_kernels.select_tiles``: each tile row's multipliers are made from consecutive
     words, stored by column, and the tile's memory columns are multiplied."""
     n0, n1, n2 = x.shape
-    tiles1, tiles2 = _tile_counts(n1, n2)
+    tiles1, tiles2 = tile_counts(n1, n2)
     for task in numba.prange(n0 * tiles1 * tiles2):
-        i0, a, b, rows, cols = _tile_place(task, tiles1, tiles2, n1, n2)
+        i0, a, b, rows, cols = tile_place(task, tiles1, tiles2, n1, n2)
         words = np.empty(TILE_WORDS + 8, dtype=np.uint32)
         row_multipliers = np.empty(TILE_WORDS + 8, dtype=np.float64)
         by_column = np.empty((TILE_WORDS, TILE_ROWS), dtype=np.float64)
@@ -233,7 +233,7 @@ def gaussian_tiles(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, sigm
             at = _multipliers(words, row_multipliers, g, cols, k0, k1, sigma)
             for c in range(cols):
                 by_column[c, r] = row_multipliers[at + c]
-            _prefetch_tile_column(x, out, i0, a, b, rows, cols, r)
+            prefetch_tile_column(x, out, i0, a, b, rows, cols, r)
         for c in range(cols):
             _multiply_span(unit_stride(x[i0, a : a + rows, b + c]),
                            unit_stride(out[i0, a : a + rows, b + c]), by_column[c])
@@ -293,10 +293,10 @@ def bias_dropout_add_tiles(x, bias, residual, out, has_bias, word_offset, k0, k1
     in x, residual and out and whose width axis does not (a transposed or F-ordered matrix): by
     tiles as ``_numba_kernels.select_tiles``, a memory column of a tile sharing one bias value."""
     n0, n1, n2 = x.shape
-    tiles1, tiles2 = _tile_counts(n1, n2)
+    tiles1, tiles2 = tile_counts(n1, n2)
     last_kept = np.uint32(threshold - np.uint64(1))  # 32-bit compare, as in select_rows: t >= 1
     for task in numba.prange(n0 * tiles1 * tiles2):
-        i0, a, b, rows, cols = _tile_place(task, tiles1, tiles2, n1, n2)
+        i0, a, b, rows, cols = tile_place(task, tiles1, tiles2, n1, n2)
         row_words = np.empty(TILE_WORDS + 8, dtype=np.uint32)
         by_column = np.empty((TILE_WORDS, TILE_ROWS), dtype=np.uint32)
         for r in range(rows):
@@ -304,7 +304,7 @@ def bias_dropout_add_tiles(x, bias, residual, out, has_bias, word_offset, k0, k1
             first = fill_words(row_words, g, cols, k0, k1)
             for c in range(cols):
                 by_column[c, r] = row_words[first + c]
-            _prefetch_tile_column(x, out, i0, a, b, rows, cols, r)
+            prefetch_tile_column(x, out, i0, a, b, rows, cols, r)
         for c in range(cols):
             x_column = unit_stride(x[i0, a : a + rows, b + c])
             residual_column = unit_stride(residual[i0, a : a + rows, b + c])
@@ -366,7 +366,7 @@ def alpha_forward(x, out, *, mask_shape, seed, offset, threshold, affine):
             # Transposed: see select_tiles (which needs a threshold of at least 1).
             tiles = _tile_views(x_view, out_view, mask_strides) if threshold else None
             if tiles is not None:
-                kernels.for_size(kernels.select_tiles, x.size)(
+                for_size(select_tiles, x.size)(
                     *tiles, np.uint64(word_offset), k0, k1, _threshold(threshold), a, shift, dropped)
                 continue
             kernel(x_view, out_view, *mask_strides, np.uint64(word_offset), k0, k1,

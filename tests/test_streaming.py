@@ -12,7 +12,8 @@ import pytest
 
 import fastdrop
 from fastdrop import _numba_backend, _numba_stream, reference
-from fastdrop._numba_kernels import CHUNK, SERIAL_BELOW, STAGE, STREAM_ROW_BYTES
+from fastdrop._numba_kernels import CHUNK, SERIAL_BELOW
+from fastdrop._numba_stream import STAGE, STREAM_ROW_BYTES
 from fastdrop._numba_prefetch import CACHE_LINE
 
 from conftest import assert_bitwise_equal
@@ -24,7 +25,12 @@ pytestmark = pytest.mark.skipif(not _numba_stream.STREAMING, reason="streaming s
 
 @pytest.fixture(autouse=True)
 def stream_everything(monkeypatch):
-    monkeypatch.setattr(_numba_backend, "STREAM_ABOVE", 0)
+    """Every output may stream; yields the list of what ``streams`` answered, call by call."""
+    monkeypatch.setattr(_numba_stream, "STREAM_ABOVE", 0)
+    answers = []
+    original = _numba_backend.streams
+    monkeypatch.setattr(_numba_backend, "streams", lambda out: answers.append(original(out)) or answers[-1])
+    return answers
 
 
 def _shifted(shape, dtype, items, seed, fill=None):
@@ -50,7 +56,7 @@ def _shifts(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("n", [5, 3 * STAGE + 7, CHUNK + 13, SERIAL_BELOW * 4 + 29], ids=str)
-def test_backward_from_bits(dtype, n):
+def test_backward_from_bits(dtype, n, stream_everything):
     x = np.random.default_rng(1).standard_normal(n).astype(dtype)
     expected = reference.dropout(x, 0.3, seed=4, offset=8)
     _, mask = fastdrop.dropout(x, 0.3, seed=4, offset=8, keep_bits=True)
@@ -61,6 +67,7 @@ def test_backward_from_bits(dtype, n):
     in_place = x.copy()
     fastdrop.dropout_backward(in_place, mask, out=in_place)
     assert_bitwise_equal(in_place, expected)
+    assert stream_everything and all(stream_everything)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -86,9 +93,9 @@ def _row_elements(dtype, extra):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("extra", [-1, 0, 3 * STAGE + 5], ids=lambda e: f"row+{e}")
 @pytest.mark.parametrize("rows", [(2, 3), (5, 8)], ids=str)
-def test_channel_masks(dtype, extra, rows):
-    """Rows just under and over STREAM_ROW_BYTES; (5, 8) rows of over a CHUNK are enough for the
-    parallel kernel."""
+def test_channel_masks(dtype, extra, rows, stream_everything):
+    """Rows just under and over STREAM_ROW_BYTES (1-2K elements); (5, 8) of them are enough
+    elements for the parallel kernel."""
     shape = (*rows, _row_elements(dtype, extra))
     mask_shape = (*rows, 1)
     x = np.random.default_rng(3).standard_normal(shape).astype(dtype)
@@ -103,13 +110,15 @@ def test_channel_masks(dtype, extra, rows):
     in_place = x.copy()
     fastdrop.dropout(in_place, 0.5, seed=9, offset=5, mask_shape=mask_shape, out=in_place)
     assert_bitwise_equal(in_place, expected)
+    assert stream_everything and all(stream_everything)
 
 
-def test_spatial_dropout_large_maps():
+def test_spatial_dropout_large_maps(stream_everything):
     x = np.random.default_rng(5).standard_normal((2, 16, 48, 48)).astype(np.float32)
-    y, mask = fastdrop.spatial_dropout(x, 0.4, seed=12)
-    expected = reference.spatial_dropout(x, 0.4, seed=12)
-    assert_bitwise_equal(y, expected)
+    out = _shifted(x.shape, np.float32, 5, 0, fill=np.nan)
+    y, mask = fastdrop.spatial_dropout(x, 0.4, seed=12, out=out)
+    assert y is out and stream_everything == [True]
+    assert_bitwise_equal(y, reference.spatial_dropout(x, 0.4, seed=12))
 
 
 def test_misaligned_elements_fall_back_to_normal_stores():
@@ -144,10 +153,14 @@ def test_threshold_is_the_last_level_cache(tmp_path):
     assert _numba_stream.last_level_cache_bytes(str(tmp_path / "missing"), default=7) == 7
 
 
-def test_fresh_outputs_are_not_streamed():
+def test_fresh_outputs_are_not_streamed(monkeypatch):
     """An output the backend allocated for the call is fresh memory (see ``_fresh_outputs``):
     the call that receives it writes it with normal stores; memory the caller passed streams."""
     x = np.ones(1000, dtype=np.float32)
+    small = _numba_backend.empty_like(x)
+    assert id(small) not in _numba_backend._fresh_outputs  # under ALWAYS_FRESH_BYTES: may be reused heap
+    assert _numba_backend.streams(small)
+    monkeypatch.setattr(_numba_stream, "ALWAYS_FRESH_BYTES", 0)
     fresh = _numba_backend.empty_like(x)
     assert not _numba_backend.streams(fresh)
     assert _numba_backend.streams(fresh)  # asked once: the next call sees existing memory
