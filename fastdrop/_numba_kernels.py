@@ -116,59 +116,71 @@ def _philox_counter(q, k0, k1):
     return philox4x32_10(q & _MASK32, q >> _SHIFT32, np.uint64(0), np.uint64(0), k0, k1)
 
 
-#: Words per call of ``_fill_block``: 12 counters, one iteration of its vectorised Philox loop
-#: with AVX2 (4 lanes x 3 independent chains); also the words between two bursts of prefetch
-#: hints. Must divide CHUNK.
-PREFETCH_BLOCK = 48
+#: Counters per vector of ``_fill_block`` (eight uint64 lanes: one AVX-512 register, two AVX2
+#: ones) and independent vectors per call.
+_LANES = 8
+_CHAINS = 2
+#: Words per call of ``_fill_block`` (16 counters), also the words between two bursts of
+#: prefetch hints. Must divide CHUNK.
+PREFETCH_BLOCK = 4 * _LANES * _CHAINS
 _BLOCK_COUNTERS = PREFETCH_BLOCK // 4
+#: Cache lines of float32 data per block: the hints per array after each block.
+_BLOCK_LINES = PREFETCH_BLOCK * 4 // CACHE_LINE
 assert CHUNK % PREFETCH_BLOCK == 0 and CHUNK % 8 == 0
 
 
 @numba.njit(inline="always", **_jit)
 def _fill_block(buffer, base, q, k0, k1):
-    """The 12 counters q .. q + 11 into buffer[base : base + 48]: one vector iteration over 4
-    lanes with three independent counters each, all computed before any store.
+    """The counters q .. q + 15 into buffer[base : base + 64]: one vector iteration over 8
+    lanes with two independent counters each, all computed before any store.
 
     The Philox rounds are a chain of dependent operations (multiply, shift, xor, multiply...), so
-    the core needs several chains side by side to keep its one vector multiplier busy. Measured
-    here (float32 forward, one thread, 2^20 elements): 2 chains 1.00, 3 chains 1.14, 4 chains
-    1.05 G elements/s (4 run out of the 16 AVX2 registers). Its caller's trip count must be a
-    constant: the same blocks in a loop with a variable count ran at 0.7 G words/s."""
+    the core needs independent chains side by side to keep its vector units busy; LLVM turns
+    the lane loop into whole vectors (all 32-bit products of a round in one ``vpmuludq``, the two
+    xors in one ``vpternlogq``). Measured here, in-cache words of whole tasks, one thread, all
+    versions in one process (G words/s): 4 lanes x 3 chains 0.62-0.76 (this loop until the sixth
+    session), 4 x 4 1.11, 8 x 3 1.12, 8 x 2 1.24-1.86; compiled for AVX2 (``NUMBA_CPU_NAME=haswell``)
+    8 x 2 still ran at 1.67 against 0.67. The trip count of the caller's loop should be a
+    constant (``fill_chunk_prefetching``); ``fill_words`` runs the same blocks in a loop of
+    variable length, slower but still ahead of its two-halves loop."""
     block = buffer[base : base + PREFETCH_BLOCK]
-    for lane in range(4):
+    for lane in range(_LANES):
         a0, a1, a2, a3 = _philox_counter(q + np.uint64(lane), k0, k1)
-        b0, b1, b2, b3 = _philox_counter(q + np.uint64(lane + 4), k0, k1)
-        c0, c1, c2, c3 = _philox_counter(q + np.uint64(lane + 8), k0, k1)
+        b0, b1, b2, b3 = _philox_counter(q + np.uint64(lane + _LANES), k0, k1)
         _store_block(block, lane, a0, a1, a2, a3)
-        _store_block(block, lane + 4, b0, b1, b2, b3)
-        _store_block(block, lane + 8, c0, c1, c2, c3)
+        _store_block(block, lane + _LANES, b0, b1, b2, b3)
 
 
 @numba.njit(inline="always", **_jit)
 def fill_words(buffer, g_start, count, k0, k1):
     """Write the words of g_start .. g_start + count - 1 to buffer; returns where g_start landed.
 
-    Counters are whole, so the buffer starts at word 4 * (g_start >> 2). Each iteration runs two
-    independent counters (lane and lane + half), both before any store: two dependency chains per
-    vector keep the multiplier busy (about 1.4x faster than one counter per iteration here).
-    Measured against the alternatives (one thread, 1.10 G words/s for this loop): whole
-    ``_fill_block`` calls then single counters ran at 0.93, three counters per iteration
-    (thirds) at 0.4.
+    Counters are whole, so the buffer starts at word 4 * (g_start >> 2). Whole blocks of
+    ``_BLOCK_COUNTERS`` counters first (``_fill_block``), then the rest two counters per
+    iteration (lane and lane + half, both before any store: two dependency chains). One thread,
+    in cache, against the two-halves loop alone: 4000 words 1.22 vs 1.05 G words/s, 65 and 200
+    words unchanged (0.7-0.9: per-call costs dominate).
     """
     q_first = g_start >> np.uint64(2)
     # (last word's counter) - (first's) + 1, written so that g = 2**64 - 1 does not overflow.
     n_counters = np.int64(((g_start + np.uint64(count - 1)) >> np.uint64(2)) - q_first) + 1
-    half = n_counters // 2
+    blocks = n_counters // _BLOCK_COUNTERS
+    for block in range(blocks):
+        _fill_block(buffer, block * PREFETCH_BLOCK, q_first + np.uint64(block * _BLOCK_COUNTERS), k0, k1)
+    done = blocks * _BLOCK_COUNTERS
+    rest = buffer[4 * done :]
+    q_rest = q_first + np.uint64(done)
+    half = (n_counters - done) // 2
     for lane in range(half):
-        q = q_first + np.uint64(lane)
+        q = q_rest + np.uint64(lane)
         a0, a1, a2, a3 = _philox_counter(q, k0, k1)
         b0, b1, b2, b3 = _philox_counter(q + np.uint64(half), k0, k1)
-        _store_block(buffer, lane, a0, a1, a2, a3)
-        _store_block(buffer, lane + half, b0, b1, b2, b3)
-    if n_counters % 2:
-        last = n_counters - 1
-        a0, a1, a2, a3 = _philox_counter(q_first + np.uint64(last), k0, k1)
-        _store_block(buffer, last, a0, a1, a2, a3)
+        _store_block(rest, lane, a0, a1, a2, a3)
+        _store_block(rest, lane + half, b0, b1, b2, b3)
+    if (n_counters - done) % 2:
+        last = n_counters - done - 1
+        a0, a1, a2, a3 = _philox_counter(q_rest + np.uint64(last), k0, k1)
+        _store_block(rest, last, a0, a1, a2, a3)
     return np.int64(g_start & np.uint64(3))
 
 
@@ -181,7 +193,7 @@ def fill_chunk_prefetching(buffer, g_start, k0, k1, read_a, read_b, write, i0, i
     Element j of the task is ``array[i0, i1, start + j]`` of the rank-3 arrays ``read_a``, ``read_b``
     (read; ``read_b`` may be None) and ``write`` (written); an array with an empty last axis
     stands for one that cannot be addressed that way and gets useless but harmless hints. After
-    each ``PREFETCH_BLOCK`` words it hints three cache lines of each (a float32 block's lines).
+    each ``PREFETCH_BLOCK`` words it hints ``_BLOCK_LINES`` cache lines of each (a float32 block's lines).
     The shape of this loop was measured, not guessed: each of these cost 10-20% here: more
     hints per block (even ones covering every line of a float64 block), a variable trip count
     (of blocks or of hints), a branch around the hints, or hints through a row slice instead of
@@ -200,7 +212,7 @@ def fill_chunk_prefetching(buffer, g_start, k0, k1, read_a, read_b, write, i0, i
     for block in range(CHUNK // PREFETCH_BLOCK):
         base = block * PREFETCH_BLOCK
         _fill_block(buffer, base, q_first + np.uint64(base // 4), k0, k1)
-        for k in range(3):
+        for k in range(_BLOCK_LINES):
             prefetch(read_a, (i0, i1, min(start + base + k * step_a, last_a)), False)
             if read_b is not None:
                 prefetch(read_b, (i0, i1, min(start + base + k * step_b, last_b)), False)

@@ -1,10 +1,10 @@
 """How the CPU kernels split a task's Philox words, against the NumPy reference. Whole CHUNK
-tasks generate blocks of ``_BLOCK_COUNTERS`` counters (three independent chains per vector lane,
-with prefetch hints between blocks); any other task (``fill_words``) runs two counters per
-iteration from both halves of its range plus an odd last counter. The tests walk every split:
-word counts on both sides of whole blocks and halves, every start word within a counter, a carry
-into a counter's high word, the end of the counter space, whole and partial CHUNKs, and rows
-shorter than a block."""
+tasks generate blocks of ``_BLOCK_COUNTERS`` counters (eight vector lanes, two independent
+counters per lane, with prefetch hints between blocks); any other task (``fill_words``) runs as
+many whole blocks as fit, then two counters per iteration from both halves of the remaining
+range plus an odd last counter. The tests walk every split: word counts on both sides of whole
+blocks and halves, every start word within a counter, a carry into a counter's high word, the
+end of the counter space, whole and partial CHUNKs, and rows shorter than a block."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ _COUNTS = sorted({n for blocks in range(3) for n in range(
 @pytest.mark.parametrize("kernel", ["serial", "parallel"])
 @pytest.mark.parametrize("start", [0, 1, 2, 3, 4 * 2**32 - 2, 2**64 - 3 * PREFETCH_BLOCK])
 def test_words_around_block_boundaries(kernel, start):
-    """One task per call (n < CHUNK, so ``fill_words``, whose halves are n_counters // 2):
+    """One task per call (n < CHUNK, so ``fill_words``: whole blocks, then halves of the rest):
     even and odd counter counts from each start word within a counter (and across a carry into
     the counter's high word, and at the top of the counter space)."""
     run = SERIAL[fill_random_bits] if kernel == "serial" else fill_random_bits
