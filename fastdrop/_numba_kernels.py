@@ -136,8 +136,8 @@ def _fill_block(buffer, base, q, k0, k1):
 
     The Philox rounds are a chain of dependent operations (multiply, shift, xor, multiply...), so
     the core needs independent chains side by side to keep its vector units busy; LLVM turns
-    the lane loop into whole vectors (all 32-bit products of a round in one ``vpmuludq``, the two
-    xors in one ``vpternlogq``). Measured here, in-cache words of whole tasks, one thread, all
+    the lane loop into whole vectors (per round and multiplier, eight counters' products in one
+    ``vpmuludq`` and their two xors in one ``vpternlogq``). Measured here, in-cache words of whole tasks, one thread, all
     versions in one process (G words/s): 4 lanes x 3 chains 0.62-0.76 (this loop until the sixth
     session), 4 x 4 1.11, 8 x 3 1.12, 8 x 2 1.24-1.86; compiled for AVX2 (``NUMBA_CPU_NAME=haswell``)
     8 x 2 still ran at 1.67 against 0.67. The trip count of the caller's loop should be a
