@@ -7,7 +7,7 @@ G elements/s for each case: the backward from packed bits (into an existing arra
 allocating), channel masks of three row lengths, and the Philox forward, which never streams
 (the control: both columns run the same code). Best of ``--calls`` per round, median of rounds.
 
-    .venv/bin/python bench/streaming.py [--n 2^24] [--rounds 4]
+    .venv/bin/python bench/streaming.py [--n 2^24] [--rounds 4] [--rows 256,1024,16384]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _without_fresh_outputs(call):
         _numba_backend.empty_like = saved
 
 
-def _cases(n: int, dtype) -> dict:
+def _cases(n: int, dtype, rows=(256, 1024, 16384)) -> dict:
     rng = np.random.default_rng(0)
     x = rng.standard_normal(n, dtype=np.float64).astype(dtype)
     out = np.empty_like(x)
@@ -48,7 +48,7 @@ def _cases(n: int, dtype) -> dict:
             lambda: fastdrop.dropout_backward(x, mask)),
         "forward (never streams)": lambda: fastdrop.dropout(x, 0.1, seed=1, out=out),
     }
-    for row in (256, 1024, 16384):
+    for row in rows:
         maps = x.reshape(-1, row)
         maps_out = out.reshape(-1, row)
         cases[f"channel mask, rows of {row}"] = (
@@ -63,9 +63,11 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--rows", default="256,1024,16384",
+                        help="row lengths of the channel-mask cases (each must divide n)")
     args = parser.parse_args(argv)
     n = 2 ** int(args.n[2:]) if args.n.startswith("2^") else int(args.n)
-    cases = _cases(n, np.dtype(args.dtype))
+    cases = _cases(n, np.dtype(args.dtype), tuple(int(row) for row in args.rows.split(",")))
     saved = _numba_stream.STREAM_ABOVE
     rates = {(name, mode): [] for name in cases for mode in ("normal", "streaming")}
     try:

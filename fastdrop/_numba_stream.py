@@ -3,14 +3,14 @@
 A normal store to a line that is not in the cache first reads the line from memory (a "read for
 ownership"), so a kernel that writes an output it never reads moves the output's bytes twice. A
 non-temporal store writes whole lines to memory without reading them. Measured on this project's
-2-core machine, 2^24 float32: a Numba ``prange`` copy moves 27 GB/s with normal stores and
+first 2-core machine (AMD EPYC, 16 MB L3), 2^24 float32: a Numba ``prange`` copy moves 27 GB/s with normal stores and
 39 GB/s with streaming ones.
 
 Where it pays, and where it does not (same machine):
 
 * Memory-bound kernels: the backward from packed bits and channel-style masks (one word per
-  row), 1.1-1.45x faster on outputs larger than the last-level cache (``STREAM_ABOVE``). Below
-  that size normal stores win (2^21 float32: 5.3 against 4.9 G elements/s): the output would
+  row), 1.1-1.45x faster on outputs larger than the last-level cache (``STREAM_ABOVE``, capped
+  by ``CACHE_SHARE_CAP``). Below that size normal stores win (2^21 float32: 5.3 against 4.9 G elements/s): the output would
   have stayed in the cache for whoever reads it next.
 * Not the Philox kernels (forward, backward from the seed, the variants): a task computes its
   words first and writes afterwards, so its streaming stores come in a burst that the write
@@ -61,8 +61,22 @@ def last_level_cache_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache",
     return max(sizes, default=default)
 
 
-#: Outputs of at least this many bytes (the last-level cache) are streamed.
-STREAM_ABOVE = last_level_cache_bytes()
+#: The most of a last-level cache a process is taken to have to itself. A VM given 2 cores of a
+#: server sees the whole shared L3 in sysfs (300 MiB on the Emerald Rapids machine of the
+#: seventh session) but gets a share of it; there (``bench/streaming.py``, out=, float32)
+#: streaming lost or tied up to 2^23 elements (32 MiB: channel rows of 1024 0.79x, the rest
+#: 0.94-1.06x) and won from 2^24 (64 MiB: channel rows of 16384 1.36x, 2^25 1.42x; bits
+#: backward 1.12x, 0.98x at 2^25), so no output under 64 MiB is taken to overflow the cache.
+CACHE_SHARE_CAP = 64 << 20
+
+
+def stream_threshold(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """Bytes from which outputs are streamed: the last-level cache, at most ``CACHE_SHARE_CAP``."""
+    return min(last_level_cache_bytes(root), CACHE_SHARE_CAP)
+
+
+#: Outputs of at least this many bytes are streamed (``stream_threshold``).
+STREAM_ABOVE = stream_threshold()
 #: Elements staged between streaming stores (a multiple of a line for every item size).
 STAGE = 128
 #: Rows (or a bits task's chunk) shorter than this are not streamed: the partial lines at both

@@ -153,6 +153,18 @@ def test_threshold_is_the_last_level_cache(tmp_path):
     assert _numba_stream.last_level_cache_bytes(str(tmp_path / "missing"), default=7) == 7
 
 
+def test_threshold_is_capped_for_a_slice_of_a_shared_cache(tmp_path):
+    """A VM sees its host's whole L3 (300 MiB on one of ours): the threshold stops at the cap;
+    a smaller cache is its own threshold."""
+    for size, expected in (("307200K", _numba_stream.CACHE_SHARE_CAP), ("16384K", 16 << 20)):
+        folder = tmp_path / size / "index3"
+        folder.mkdir(parents=True)
+        (folder / "type").write_text("Unified\n")
+        (folder / "size").write_text(size + "\n")
+        assert _numba_stream.stream_threshold(str(tmp_path / size)) == expected
+    assert _numba_stream.CACHE_SHARE_CAP == 64 << 20
+
+
 def test_fresh_outputs_are_not_streamed(monkeypatch):
     """An output the backend allocated for the call is fresh memory (see ``_fresh_outputs``):
     the call that receives it writes it with normal stores; memory the caller passed streams."""
