@@ -47,9 +47,16 @@ def check_dtype(dtype, argument: str) -> None:
 
 def empty_like(x):
     out = np.empty_like(x)
-    if out.nbytes >= max(_numba_stream.STREAM_ABOVE, _numba_stream.ALWAYS_FRESH_BYTES):
-        _fresh_outputs[id(out)] = out  # see streams
+    mark_fresh(out)
     return out
+
+
+def mark_fresh(out) -> None:
+    """Note that ``out`` was just allocated for the coming call (here, or by the PyTorch adapter's
+    ``torch.empty_like``): if it is fresh pages, the call writes it with normal stores (see
+    ``streams``)."""
+    if out.nbytes >= max(_numba_stream.STREAM_ABOVE, _numba_stream.ALWAYS_FRESH_BYTES):
+        _fresh_outputs[id(out)] = out
 
 
 def empty(n: int, dtype):

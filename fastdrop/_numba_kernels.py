@@ -276,10 +276,28 @@ def unit_rows(a, b):
 
 
 @numba.njit(inline="always", **_jit)
-def _select_span(x_row, out_row, row_words, last_kept, scale, zero):
+def line_head(out_row):
+    """Elements of ``out_row`` before its first cache-line boundary (all of a short row): span
+    loops run them apart, so that the main loop's vector stores do not straddle lines, nor the
+    loads of inputs placed like the output (large NumPy arrays all start 16 bytes past a page).
+    Measured on the seventh session's machine, forward kernel, float32 arrays 16 bytes past a
+    page, ``bench/ab_kernels.py`` against the same code without it: 2^24 1.04-1.10x (two
+    threads, three runs), 2^22 one thread 1.09x, 2^17 one thread 1.00-1.03x."""
+    return min(lead(out_row), out_row.size)
+
+
+@numba.njit(inline="always", **_jit)
+def _select_loop(x_row, out_row, row_words, last_kept, scale, zero):
     for j in range(x_row.size):
         value = load(x_row, j) * scale
         store(out_row, j, pick(row_words[j] <= last_kept, value, zero))
+
+
+@numba.njit(inline="always", **_jit)
+def _select_span(x_row, out_row, row_words, last_kept, scale, zero):
+    head = line_head(out_row)
+    _select_loop(x_row[:head], out_row[:head], row_words[:head], last_kept, scale, zero)
+    _select_loop(x_row[head:], out_row[head:], row_words[head:], last_kept, scale, zero)
 
 
 @numba.njit(inline="always", **_jit)

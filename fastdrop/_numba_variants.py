@@ -33,8 +33,8 @@ from fastdrop._numba_backend import (
 )
 from fastdrop._numba_kernels import (
     _BUFFER_WORDS, CHUNK, SERIAL_BELOW, TILE_ROWS, TILE_WORDS, _jit, _serial_twin, fill_words,
-    for_size, philox4x32_10, prefetch_tile_column, select_tiles, task_place, task_words,
-    tile_counts, tile_place, unit_rows, word_at,
+    for_size, line_head, philox4x32_10, prefetch_tile_column, select_tiles, task_place,
+    task_words, tile_counts, tile_place, unit_rows, word_at,
 )
 from fastdrop._numba_bits import bits_float64, float64_bits, pick, unit_stride
 from fastdrop._numba_prefetch import CACHE_LINE
@@ -90,10 +90,17 @@ def alpha_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k0
 
 
 @numba.njit(inline="always", **_jit)
-def _alpha_span(x_row, out_row, row_words, threshold, a, shift, dropped):
+def _alpha_loop(x_row, out_row, row_words, threshold, a, shift, dropped):
     for j in range(x_row.size):
         value = load(x_row, j) * a + shift
         store(out_row, j, pick(np.uint64(row_words[j]) < threshold, value, dropped))
+
+
+@numba.njit(inline="always", **_jit)
+def _alpha_span(x_row, out_row, row_words, threshold, a, shift, dropped):
+    head = line_head(out_row)  # the head apart: see line_head
+    _alpha_loop(x_row[:head], out_row[:head], row_words[:head], threshold, a, shift, dropped)
+    _alpha_loop(x_row[head:], out_row[head:], row_words[head:], threshold, a, shift, dropped)
 
 
 #: 2**52 as float64 and as its bits: ``bits_float64(_EXACT_BITS | k) - _EXACT`` is k exactly for
@@ -326,6 +333,7 @@ def bias_dropout_add_tiles(x, bias, residual, out, has_bias, word_offset, k0, k1
 @numba.njit(inline="always", **_jit)
 def _bias_dropout_add_span(x_row, bias_row, residual_row, out_row, has_bias, row_words,
                            last_kept, scale, zero):
+    # No line_head split here: measured 0.94-0.99x (2^24 two threads, 2^22 one thread).
     if has_bias:
         for j in range(x_row.size):
             keep = row_words[j] <= last_kept

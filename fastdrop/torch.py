@@ -158,26 +158,32 @@ def _as_array(tensor):
     return cupy.from_dlpack(tensor)
 
 
-def _run_kernel(kernel, input, out):
+def _run_kernel(kernel, input, out, fresh=False):
     """Run ``kernel(x_array, out_array)`` on tensors; ``out`` may be ``input`` (in place).
+    ``fresh``: the caller has just allocated ``out`` (``torch.empty_like``), which the CPU
+    backend then writes as it writes its own new outputs (``_numba_backend.mark_fresh``).
 
     Dtypes the device's backend lacks compute through a float32 copy and round once on the way
     back, which is the contract's rule for half precision, so the result is the same."""
     if input.is_neg():  # a lazily negated view (torch._neg_view): DLPack needs real values
         resolved = input.resolve_neg()
-        result = _run_kernel(kernel, resolved, resolved if out is input else out)
+        result = _run_kernel(kernel, resolved, resolved if out is input else out, fresh)
         if out is input:
             input.copy_(resolved)
         return result
     if input.dtype not in _NATIVE_DTYPES[input.device.type]:
         input32 = input.float()
         out32 = input32 if out is input else torch.empty_like(input32)
-        result = _run_kernel(kernel, input32, out32)
+        result = _run_kernel(kernel, input32, out32, fresh=out is not input)
         out.copy_(out32)
         return result
     with _kernel_context(input):
         x_array = _as_array(input)
         out_array = x_array if out is input else _as_array(out)
+        if fresh and out is not input and isinstance(out_array, np.ndarray):
+            from fastdrop import _numba_backend
+
+            _numba_backend.mark_fresh(out_array)
         return kernel(x_array, out_array)
 
 
@@ -188,13 +194,13 @@ def _forward(input, p, seed, offset, mask_shape, inplace):
     def kernel(x, y):
         return fastdrop.dropout(x, p, seed=seed, offset=offset, mask_shape=mask_shape, out=y)[1]
 
-    return out, _run_kernel(kernel, input, out)
+    return out, _run_kernel(kernel, input, out, fresh=not inplace)
 
 
 def _backward(grad, mask):
     """``where(keep, grad / (1 - p), 0)`` with the mask regenerated from its seed."""
     out = torch.empty_like(grad)
-    _run_kernel(lambda dy, dx: fastdrop.dropout_backward(dy, mask, out=dx), grad, out)
+    _run_kernel(lambda dy, dx: fastdrop.dropout_backward(dy, mask, out=dx), grad, out, fresh=True)
     return out
 
 
@@ -409,7 +415,7 @@ def _alpha_forward(input, p, seed, offset, mask_shape, inplace):
         def run(x, y):
             kernels[0](x, p, seed=seed, offset=offset, mask_shape=mask_shape, out=y)
 
-        _run_kernel(run, input, out)
+        _run_kernel(run, input, out, fresh=not inplace)
         return out, mask
     a, shift, dropped_value = _alpha_constants(p)
     keep = _keep_tensor(mask, input)
@@ -427,7 +433,7 @@ def _alpha_backward(grad, mask):
         return grad.mul(a).masked_fill_(~keep, 0.0)
     draw = kernels[2](mask.p, mask.seed, mask.offset, mask.shape, mask.input_shape)
     out = torch.empty_like(grad)
-    _run_kernel(lambda dy, dx: kernels[1](dy, draw, out=dx), grad, out)
+    _run_kernel(lambda dy, dx: kernels[1](dy, draw, out=dx), grad, out, fresh=True)
     return out
 
 
@@ -586,5 +592,5 @@ def apply_keep_mask(input, keep, p):
 
             bits = cupy.packbits(cupy.from_dlpack(flat.view(torch.uint8)), bitorder="little")
     mask = DropoutMask(p, 0, 0, mask_shape, tuple(input.shape), bits)
-    _run_kernel(lambda x, y: fastdrop.dropout_backward(x, mask, out=y), input, out)
+    _run_kernel(lambda x, y: fastdrop.dropout_backward(x, mask, out=y), input, out, fresh=True)
     return out

@@ -533,3 +533,28 @@ def test_cuda_zero_copy_on_current_stream():
     with torch.no_grad():
         z = ft.dropout(x, 0.5, inplace=True, seed=9)
     assert z is x
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_outputs_the_adapter_allocates_are_written_as_fresh_memory(monkeypatch, inplace):
+    """The CPU backend writes large outputs it allocated itself with normal stores, as they are
+    fresh pages (``_numba_backend.streams``); a ``torch.empty_like`` the adapter made for the
+    call counts the same, and a tensor written in place streams like any caller's memory."""
+    from fastdrop import _numba_backend, _numba_stream
+
+    if not _numba_stream.STREAMING:
+        pytest.skip("streaming stores are x86-64 only")
+    monkeypatch.setattr(_numba_stream, "STREAM_ABOVE", 0)
+    monkeypatch.setattr(_numba_stream, "ALWAYS_FRESH_BYTES", 0)
+    answers = []
+    original = _numba_backend.streams
+    monkeypatch.setattr(_numba_backend, "streams", lambda out: answers.append(original(out)) or answers[-1])
+    x = torch.randn(4, 3, 8, 8)
+    expected = _reference(x, 0.3, 5, mask_shape=(4, 3, 1, 1))
+    y = ft.dropout2d(x.clone(), 0.3, inplace=inplace, seed=5)
+    assert_bitwise(y, expected)
+    assert answers == [inplace]
+    answers.clear()
+    grad = ft.dropout(x.requires_grad_(True), 0.3, seed=5)
+    grad.backward(torch.ones_like(grad))
+    assert answers and not any(answers)  # the forward's and the backward's new tensors
