@@ -3,15 +3,15 @@
 A normal store to a line that is not in the cache first reads the line from memory (a "read for
 ownership"), so a kernel that writes an output it never reads moves the output's bytes twice. A
 non-temporal store writes whole lines to memory without reading them. Measured on this project's
-first 2-core machine (AMD EPYC, 16 MB L3), 2^24 float32: a Numba ``prange`` copy moves 27 GB/s with normal stores and
-39 GB/s with streaming ones.
+first 2-core machine (AMD EPYC, 16 MB L3), 2^24 float32: a Numba ``prange`` copy moves 27 GB/s
+with normal stores and 39 GB/s with streaming ones.
 
 Where it pays, and where it does not (same machine):
 
 * Memory-bound kernels: the backward from packed bits and channel-style masks (one word per
   row), 1.1-1.45x faster on outputs larger than the last-level cache (``STREAM_ABOVE``, capped
-  by ``CACHE_SHARE_CAP``). Below that size normal stores win (2^21 float32: 5.3 against 4.9 G elements/s): the output would
-  have stayed in the cache for whoever reads it next.
+  by ``CACHE_SHARE_CAP``). Below that size normal stores win (2^21 float32: 5.3 against 4.9 G
+  elements/s): the output would have stayed in the cache for whoever reads it next.
 * Not the Philox kernels (forward, backward from the seed, the variants): a task computes its
   words first and writes afterwards, so its streaming stores come in a burst that the write
   buffers cannot absorb: 2^24 float32 forward 2.2 -> 1.75 G elements/s. Their normal stores,
