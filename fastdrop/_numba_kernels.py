@@ -161,15 +161,16 @@ assert CHUNK % PREFETCH_BLOCK == 0 and CHUNK % 8 == 0
 def _fill_block(buffer, base, q, k0, k1):
     """The counters q .. q + 15 into buffer[base : base + 64]: one vector iteration over 8
     lanes with two independent counters each, all computed before any store. The counters must
-    share their high word (``_shared_high``; else ``_fill_block_crossing``).
+    share their high word (``_shared_high``; else ``_fill_counters``).
 
     The Philox rounds are a chain of dependent operations (multiply, shift, xor, multiply...), so
     the core needs independent chains side by side to keep its vector units busy; LLVM turns
     the lane loop into whole vectors (per round and multiplier, eight counters' products in one
     ``vpmuludq`` and their two xors in one ``vpternlogq``). Measured here, in-cache words of whole tasks, one thread, all
     versions in one process (G words/s): 4 lanes x 3 chains 0.62-0.76 (this loop until the sixth
-    session), 4 x 4 1.11, 8 x 3 1.12, 8 x 2 1.24-1.86; compiled for AVX2 (``NUMBA_CPU_NAME=haswell``)
-    8 x 2 still ran at 1.67 against 0.67. The trip count of the caller's loop should be a
+    session), 4 x 4 1.11, 8 x 3 1.12, 8 x 2 1.24-1.86 (and 1.67 against 0.67 with
+    ``NUMBA_CPU_NAME=haswell``, which alone still let LLVM use AVX-512 registers: true AVX2 code
+    also needs ``NUMBA_CPU_FEATURES`` without ``avx512f``). The trip count of the caller's loop should be a
     constant (``fill_chunk_prefetching``); ``fill_words`` runs the same blocks in a loop of
     variable length, slower but still ahead of its two-halves loop."""
     block = buffer[base : base + PREFETCH_BLOCK]
@@ -182,16 +183,15 @@ def _fill_block(buffer, base, q, k0, k1):
         _store_block(block, lane + _LANES, b0, b1, b2, b3)
 
 
-@numba.njit(inline="always", **_jit)
-def _fill_block_crossing(buffer, base, q, k0, k1):
-    """``_fill_block`` for any 16 counters, also those that carry into the high word (once in
-    2**32 counters: a separate loop, so that the common one has no branch)."""
-    block = buffer[base : base + PREFETCH_BLOCK]
-    for lane in range(_LANES):
-        a0, a1, a2, a3 = _philox_counter(q + np.uint64(lane), k0, k1)
-        b0, b1, b2, b3 = _philox_counter(q + np.uint64(lane + _LANES), k0, k1)
-        _store_block(block, lane, a0, a1, a2, a3)
-        _store_block(block, lane + _LANES, b0, b1, b2, b3)
+@numba.njit(**_jit)
+def _fill_counters(buffer, q_first, n_counters, k0, k1):
+    """The words of ``n_counters`` counters from q_first on into buffer[0 : 4 * n_counters], one
+    counter at a time: for the tasks whose counters carry into their high word (one in 2**34
+    words). A plain function, not inlined: a second vector loop in every kernel doubled their
+    compile time."""
+    for c in range(n_counters):
+        r0, r1, r2, r3 = _philox_counter(q_first + np.uint64(c), k0, k1)
+        _store_block(buffer, c, r0, r1, r2, r3)
 
 
 @numba.njit(inline="always", **_jit)
@@ -205,8 +205,8 @@ def fill_words(buffer, g_start, count, k0, k1):
     """Write the words of g_start .. g_start + count - 1 to buffer; returns where g_start landed.
 
     Counters are whole, so the buffer starts at word 4 * (g_start >> 2). Whole blocks of
-    ``_BLOCK_COUNTERS`` counters first (``_fill_block``, or ``_fill_block_crossing`` where they
-    carry into the high word), then the rest two counters per
+    ``_BLOCK_COUNTERS`` counters first (``_fill_block``; ``_fill_counters`` does it all where the
+    counters carry into their high word), then the rest two counters per
     iteration (lane and lane + half, both before any store: two dependency chains). One thread,
     in cache, against the two-halves loop alone: 4000 words 1.22 vs 1.05 G words/s, 65 and 200
     words unchanged (0.7-0.9: per-call costs dominate).
@@ -214,15 +214,12 @@ def fill_words(buffer, g_start, count, k0, k1):
     q_first = g_start >> np.uint64(2)
     # (last word's counter) - (first's) + 1, written so that g = 2**64 - 1 does not overflow.
     n_counters = np.int64(((g_start + np.uint64(count - 1)) >> np.uint64(2)) - q_first) + 1
+    if not _shared_high(q_first, n_counters):
+        _fill_counters(buffer, q_first, n_counters, k0, k1)
+        return np.int64(g_start & np.uint64(3))
     blocks = n_counters // _BLOCK_COUNTERS
-    if _shared_high(q_first, max(blocks * _BLOCK_COUNTERS, 1)):
-        for block in range(blocks):
-            _fill_block(buffer, block * PREFETCH_BLOCK,
-                        q_first + np.uint64(block * _BLOCK_COUNTERS), k0, k1)
-    else:
-        for block in range(blocks):
-            _fill_block_crossing(buffer, block * PREFETCH_BLOCK,
-                                 q_first + np.uint64(block * _BLOCK_COUNTERS), k0, k1)
+    for block in range(blocks):
+        _fill_block(buffer, block * PREFETCH_BLOCK, q_first + np.uint64(block * _BLOCK_COUNTERS), k0, k1)
     done = blocks * _BLOCK_COUNTERS
     rest = buffer[4 * done :]
     q_rest = q_first + np.uint64(done)
@@ -259,8 +256,10 @@ def fill_chunk_prefetching(buffer, g_start, k0, k1, read_a, read_b, write, i0, i
     first = np.int64(g_start & np.uint64(3))
     q_first = g_start >> np.uint64(2)
     if not _shared_high(q_first, CHUNK // 4):
-        # The chunk's counters carry into their high word (about one chunk in 2**34 words): no hints.
-        return fill_words(buffer, g_start, CHUNK, k0, k1)
+        # The chunk's counters carry into their high word (about one chunk in 2**34 words): no
+        # hints. The counters of CHUNK words, plus the one an unaligned start pushes past them.
+        _fill_counters(buffer, q_first, CHUNK // 4 + 1, k0, k1)
+        return first
     # Hints are clipped to each row (index 0 of an empty one: a hint never faults).
     last_a = max(read_a.shape[2] - 1, 0)
     last_b = max(read_b.shape[2] - 1, 0) if read_b is not None else 0
