@@ -230,7 +230,9 @@ FASTDROP_HD typename Compute<T>::type gaussian_multiplier(double sigma, double z
 
 }  // namespace fastdrop
 
-#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+// The kernels: CUDA only (NVRTC, nvcc), or the tests' CPU emulation of them
+// (tests/cuda_emulator/emulation.hpp).
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__) || defined(FASTDROP_CUDA_EMULATION)
 
 namespace fastdrop {
 
@@ -396,4 +398,4 @@ FASTDROP_VARIANT_DTYPE(bf16, BFloat16)
 FASTDROP_VARIANT_DTYPE(f32, Float32)
 FASTDROP_VARIANT_DTYPE(f64, Float64)
 
-#endif  // __CUDACC__ || __CUDACC_RTC__
+#endif  // __CUDACC__ || __CUDACC_RTC__ || FASTDROP_CUDA_EMULATION

@@ -1,0 +1,137 @@
+"""Builds a kernel source into a shared library that runs its kernels on the CPU.
+
+The source (what fastdrop hands to ``cupy.RawModule``) is compiled by g++ after
+``emulation.hpp``; a table of its ``extern "C"`` kernels, each with the kinds and sizes of its
+parameters taken from the C++ signature itself, is appended so that a launch can be checked
+argument by argument. Libraries are cached on disk by a hash of everything that goes into them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+HEADER = Path(__file__).resolve().parent.parent / "emulation.hpp"
+_KERNEL = re.compile(r'extern\s+"C"\s+void\s+(\w+)\s*\(')
+_FLAGS = ["-std=c++17", "-O2", "-fPIC", "-shared", "-w", "-fno-strict-aliasing"]
+
+_lock = threading.Lock()
+_libraries: dict[str, "Library"] = {}
+
+
+class CompileError(RuntimeError):
+    """The kernel source did not compile for the emulator."""
+
+
+def _compiler() -> str:
+    compiler = os.environ.get("CXX") or shutil.which("g++")
+    if compiler is None:
+        raise CompileError("the CUDA emulator needs g++ (or $CXX) to build kernels")
+    return compiler
+
+
+def _cache_dir() -> Path:
+    folder = os.environ.get("FASTDROP_EMULATOR_CACHE")
+    if folder is None:
+        folder = Path(tempfile.gettempdir()) / f"fastdrop-cuda-emulator-{os.getuid()}"
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _run(command: list[str], source: str) -> str:
+    result = subprocess.run(command, input=source, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise CompileError(f"{' '.join(command[:2])} ... failed:\n{result.stderr[-6000:]}")
+    return result.stdout
+
+
+def _footer(names: list[str]) -> str:
+    entries = ",\n".join(f'    fastdrop_emulation::entry("{name}", &{name})' for name in names)
+    return f"""
+static const fastdrop_emulation::Entry fastdrop_emulation_entries[] = {{
+{entries}
+}};
+
+extern "C" {{
+int fastdrop_emulation_count() {{ return {len(names)}; }}
+const char* fastdrop_emulation_name(int i) {{ return fastdrop_emulation_entries[i].name; }}
+const char* fastdrop_emulation_kinds(int i) {{ return fastdrop_emulation_entries[i].kinds; }}
+const unsigned* fastdrop_emulation_sizes(int i) {{ return fastdrop_emulation_entries[i].sizes; }}
+int fastdrop_emulation_launch(int i, const unsigned* grid, const unsigned* block, void** params) {{
+    return fastdrop_emulation::run(fastdrop_emulation_entries[i], grid, block, params);
+}}
+const char* fastdrop_emulation_error() {{ return fastdrop_emulation::launch_state.error; }}
+}}
+"""
+
+
+class Kernel:
+    """One kernel of a built library: its index, name and parameter kinds and sizes."""
+
+    def __init__(self, library: "Library", index: int):
+        self.library = library
+        self.index = index
+        handle = library.handle
+        self.name = handle.fastdrop_emulation_name(index).decode()
+        self.kinds = handle.fastdrop_emulation_kinds(index).decode()
+        sizes = handle.fastdrop_emulation_sizes(index)
+        self.sizes = tuple(sizes[i] for i in range(len(self.kinds)))
+
+    def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], params) -> None:
+        handle = self.library.handle
+        rc = handle.fastdrop_emulation_launch(
+            self.index, (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), params
+        )
+        if rc != 0:
+            message = handle.fastdrop_emulation_error().decode(errors="replace")
+            raise RuntimeError(f"emulated launch of {self.name}: {message}")
+
+
+class Library:
+    def __init__(self, path: Path):
+        self.path = path
+        handle = ctypes.CDLL(str(path))
+        handle.fastdrop_emulation_name.restype = ctypes.c_char_p
+        handle.fastdrop_emulation_kinds.restype = ctypes.c_char_p
+        handle.fastdrop_emulation_sizes.restype = ctypes.POINTER(ctypes.c_uint)
+        handle.fastdrop_emulation_error.restype = ctypes.c_char_p
+        handle.fastdrop_emulation_launch.argtypes = [
+            ctypes.c_int, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
+            ctypes.POINTER(ctypes.c_void_p),
+        ]
+        self.handle = handle
+        count = handle.fastdrop_emulation_count()
+        self.kernels = {kernel.name: kernel for kernel in (Kernel(self, i) for i in range(count))}
+
+
+def build(code: str) -> Library:
+    """The library for ``code``: from this process, from the disk cache, or compiled now."""
+    compiler = _compiler()
+    header = HEADER.read_text()
+    key = hashlib.sha256("\0".join([compiler, " ".join(_FLAGS), header, code]).encode()).hexdigest()[:32]
+    with _lock:
+        library = _libraries.get(key)
+        if library is not None:
+            return library
+        path = _cache_dir() / f"kernels-{key}.so"
+        if not path.exists():
+            source = f'#include "{HEADER.name}"\n{code}'
+            include = f"-I{HEADER.parent}"
+            expanded = _run([compiler, "-E", "-P", "-x", "c++", "-std=c++17", include, "-"], source)
+            names = [n for n in dict.fromkeys(_KERNEL.findall(expanded)) if not n.startswith("fastdrop_emulation")]
+            if not names:
+                raise CompileError("the source defines no extern \"C\" kernel")
+            partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
+            _run([compiler, *_FLAGS, include, "-x", "c++", "-", "-o", str(partial)], source + _footer(names))
+            os.replace(partial, path)  # atomic: other processes see the whole library or none
+        library = Library(path)
+        _libraries[key] = library
+        return library
