@@ -2,6 +2,9 @@
 
     python bench/gpu_check.py [--json PATH] [--sizes 20,24,28] [--repeats 15] [--skip-tests]
 
+(With ``PYTHONPATH=tests/cuda_emulator`` it runs on the CPU emulator instead of CuPy: a dry run of
+this script, tests included, whose timings mean nothing; tests/test_cuda_emulated.py does that.)
+
 Runs ``pytest -m gpu`` (in a subprocess, with a time limit, its log written next to the JSON), then
 times, for float32, float16 and bfloat16 at 2**20, 2**24 and 2**28 elements: a device-to-device
 copy of the same bytes, torch.nn.functional.dropout's forward and torch's dropout backward
@@ -61,7 +64,9 @@ def run_gpu_tests(log_path: Path, timeout_s: float) -> dict:
         log.flush()
         try:
             returncode = subprocess.run(
-                command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                command, cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                    [str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])},
                 stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
             ).returncode
         except subprocess.TimeoutExpired:
@@ -79,8 +84,11 @@ def run_gpu_tests(log_path: Path, timeout_s: float) -> dict:
             "seconds": round(time.perf_counter() - started, 1), "log": str(log_path)}
 
 
-def _median_ms(run, calls: int, repeats: int, start_event, end_event, synchronize) -> float:
-    """Median over repeats of (event time of `calls` back-to-back calls) / calls, in ms."""
+def _median_ms(run, calls: int, repeats: int, start_event, end_event, synchronize, elapsed) -> float:
+    """Median over repeats of (event time of `calls` back-to-back calls) / calls, in ms.
+
+    ``elapsed(start, end)`` is the library's milliseconds between two recorded events: CuPy's
+    events have no method for it (``cupy.cuda.get_elapsed_time``), torch's do."""
     for _ in range(3):
         run()
     synchronize()
@@ -91,7 +99,7 @@ def _median_ms(run, calls: int, repeats: int, start_event, end_event, synchroniz
             run()
         end_event.record()
         end_event.synchronize()
-        times.append(start_event.elapsed_time(end_event) / calls)
+        times.append(elapsed(start_event, end_event) / calls)
     return statistics.median(times)
 
 
@@ -109,7 +117,7 @@ def _cupy_input(cupy, np, dtype, n: int):
     return x, ones
 
 
-def measure(dtype_name: str, log2_n: int, repeats: int) -> tuple[list[dict], list[str]]:
+def measure(dtype_name: str, log2_n: int, repeats: int, calls: int | None = None) -> tuple[list[dict], list[str]]:
     """Rows of the table for one dtype and size, and the errors met (each timing on its own)."""
     import cupy
     import numpy as np
@@ -123,7 +131,8 @@ def measure(dtype_name: str, log2_n: int, repeats: int) -> tuple[list[dict], lis
         cupy_dtype = np.dtype(ml_dtypes.bfloat16)
     else:
         cupy_dtype = np.dtype(dtype_name)
-    calls = max(1, 2**24 // n)  # enough back-to-back calls to swamp event resolution
+    if calls is None:
+        calls = max(1, 2**24 // n)  # enough back-to-back calls to swamp event resolution
     nbytes = n * cupy_dtype.itemsize
     moved = 2 * nbytes  # read the input once, write the output once
     results: dict[str, float] = {}
@@ -145,7 +154,7 @@ def measure(dtype_name: str, log2_n: int, repeats: int) -> tuple[list[dict], lis
         tdy = torch.ones_like(tx)
         _, tmask = torch.ops.aten.native_dropout(tx, P, True)
         torch_events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
-                        torch.cuda.synchronize)
+                        torch.cuda.synchronize, lambda start, end: start.elapsed_time(end))
         timed("torch forward", lambda: torch.nn.functional.dropout(tx, P, training=True), torch_events)
         timed("torch backward",
               lambda: torch.ops.aten.native_dropout_backward(tdy, tmask, 1.0 / (1.0 - P)), torch_events)
@@ -159,7 +168,8 @@ def measure(dtype_name: str, log2_n: int, repeats: int) -> tuple[list[dict], lis
         x, dy = _cupy_input(cupy, np, cupy_dtype, n)
         y = cupy.empty_like(x)
         dx = cupy.empty_like(x)
-        cupy_events = (cupy.cuda.Event(), cupy.cuda.Event(), cupy.cuda.Device().synchronize)
+        cupy_events = (cupy.cuda.Event(), cupy.cuda.Event(), cupy.cuda.Device().synchronize,
+                       cupy.cuda.get_elapsed_time)
         timed("copy", lambda: y.data.copy_from_device_async(x.data, nbytes), cupy_events)
         _, mask = fastdrop.dropout(x, P, seed=SEED, out=y)
         timed("fastdrop forward", lambda: fastdrop.dropout(x, P, seed=SEED, out=y), cupy_events)
@@ -209,6 +219,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="20,24,28", help="log2 of the element counts")
     parser.add_argument("--dtypes", default="float32,float16,bfloat16")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=None,
+                        help="back-to-back calls per timing (default 2**24 / n, at least 1)")
     parser.add_argument("--skip-tests", action="store_true", help="only the throughput table")
     parser.add_argument("--test-timeout", type=float, default=200.0,
                         help="seconds the GPU tests may take before they are stopped")
@@ -250,7 +262,7 @@ def main(argv=None) -> int:
             continue
         for log2_n in (int(s) for s in args.sizes.split(",")):
             try:
-                rows, errors = measure(dtype_name, log2_n, args.repeats)
+                rows, errors = measure(dtype_name, log2_n, args.repeats, args.calls)
             except Exception as error:
                 rows, errors = [], [f"{dtype_name} 2^{log2_n}: {type(error).__name__}: {error}"]
                 traceback.print_exc()

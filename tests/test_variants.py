@@ -27,13 +27,36 @@ Z = 5.0
 PROBABILITIES = [0.0, 1e-6, 0.1, 0.5, 0.9, 1.0]
 
 
+def _bfloat16_on(xp):
+    """ml_dtypes' bfloat16 where the CUDA backend can take it (CuPy 14+), else None."""
+    if xp is np:
+        return None  # the CPU backend has no bfloat16 kernels
+    try:
+        import ml_dtypes
+
+        xp.zeros(1, dtype=np.uint16).view(ml_dtypes.bfloat16)
+    except Exception:  # no ml_dtypes, or a CuPy without bfloat16 arrays
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
 def _float_dtypes(xp):
-    return [np.float32, np.float64, np.float16]
+    bfloat16 = _bfloat16_on(xp)
+    return [np.float32, np.float64, np.float16] + ([bfloat16] if bfloat16 is not None else [])
+
+
+def _upload(xp, values):
+    """A copy of host ``values`` in ``xp``; raw bits up, then the dtype, so that no conversion of
+    bfloat16 by CuPy is involved."""
+    if xp is np:
+        return values.copy()
+    unsigned = {2: np.uint16, 4: np.uint32, 8: np.uint64}[values.dtype.itemsize]
+    return xp.array(values.view(unsigned), copy=True).view(values.dtype)
 
 
 def _input(xp, shape, dtype=np.float64, seed=0):
     values = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
-    return xp.array(values, copy=True), values
+    return _upload(xp, values), values
 
 
 # ------------------------------------------------------------------------ equality with reference
@@ -131,7 +154,7 @@ def test_bias_dropout_add_matches_reference(xp, p, bias_shape):
         x, x_host = _input(xp, shape, dtype)
         residual_host = np.random.default_rng(1).standard_normal(shape).astype(dtype)
         residual_host[0, 0, 0] = -0.0  # a dropped element gives residual + 0: +0.0 here
-        residual = xp.asarray(residual_host.copy())
+        residual = _upload(xp, residual_host)
         bias, bias_host = (None, None) if bias_shape is None else _input(xp, bias_shape, dtype, seed=2)
         y, mask = fastdrop.bias_dropout_add(x, bias, residual, p, seed=12, offset=7)
         assert_bitwise_equal(y, reference.bias_dropout_add(x_host, bias_host, residual_host, p, seed=12, offset=7))
@@ -144,7 +167,7 @@ def test_bias_dropout_add_matches_reference(xp, p, bias_shape):
         if bias is None:
             assert d_bias is None
         else:
-            tolerance = {np.float16: 1e-3, np.float32: 1e-6, np.float64: 1e-14}[dtype]
+            tolerance = {"float16": 1e-3, "bfloat16": 1e-2, "float32": 1e-6, "float64": 1e-14}[np.dtype(dtype).name]
             np.testing.assert_allclose(to_numpy(d_bias).astype(np.float64), ref_bias.astype(np.float64),
                                        rtol=tolerance, atol=tolerance * 16)
 
@@ -162,6 +185,12 @@ def test_bias_dropout_add_layouts_and_in_place(xp):
     assert y is r
     assert_bitwise_equal(r, expected)
     x, x_host = _input(xp, (4, 65))
+    r_t, r_t_host = _input(xp, (65, 4), seed=4)
+    r, r_host = r_t.T, r_t_host.T  # each of the three arrays with strides of its own
+    out = xp.zeros((4, 130), dtype=x.dtype)[:, ::2]
+    expected = reference.bias_dropout_add(x_host, bias_host, r_host, 0.4, seed=5, offset=3)
+    assert fastdrop.bias_dropout_add(x, bias, r, 0.4, seed=5, offset=3, out=out)[0] is out
+    assert_bitwise_equal(out, expected)
     r, r_host = _input(xp, (4, 65), seed=3)
     expected = reference.bias_dropout_add(x_host, bias_host, r_host, 0.5, seed=2)
     assert fastdrop.bias_dropout_add(x, bias, r, 0.5, seed=2, out=x)[0] is x

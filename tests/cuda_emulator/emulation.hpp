@@ -13,6 +13,10 @@
 // masks other than the full warp, and grids or blocks that are not one-dimensional.
 #pragma once
 
+#if !defined(__x86_64__)
+#error "the CUDA emulator switches lanes with x86-64 code (fastdrop_emulation_switch)"
+#endif
+
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>

@@ -48,6 +48,11 @@ class _MemoryPointer:
     def __init__(self, ptr: int):
         self.ptr = ptr
 
+    def copy_from_device_async(self, src, size, stream=None):
+        ctypes.memmove(self.ptr, src.ptr, size)
+
+    copy_from_device = copy_from_device_async
+
 
 def _root(array: np.ndarray) -> np.ndarray:
     while isinstance(array.base, np.ndarray):
@@ -285,7 +290,12 @@ class _Random:
 
     def __getattr__(self, name):
         function = getattr(np.random, name)
-        return lambda *args, **kwargs: _wrap(function(*args, **kwargs), set())
+
+        def sample(*args, dtype=None, **kwargs):  # CuPy's samplers take a dtype, NumPy's legacy ones not
+            values = function(*args, **kwargs)
+            return _wrap(values if dtype is None else np.asarray(values).astype(dtype), set())
+
+        return sample
 
 
 class _Generator:
