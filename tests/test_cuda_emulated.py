@@ -75,3 +75,43 @@ def test_gpu_check_and_gpu_tests_pass_on_the_emulator(emulated_env, tmp_path):
     # Only torch's half may fail here (its CPU build has no CUDA); the script's own code may not.
     assert all(" torch: " in error or error.startswith("torch: ") for error in report["errors"]), report["errors"]
     assert result.returncode == (1 if report["errors"] else 0), result.stdout[-4000:]
+
+
+def test_bench_device_gpu_runs_on_the_emulator(emulated_env, tmp_path):
+    """``fastdrop bench --device gpu --full``: every fastdrop and CuPy row of every op and dtype
+    measured (torch's CUDA rows are skipped, this torch being a CPU build)."""
+    pytest.importorskip("ml_dtypes", reason="the bfloat16 rows need ml_dtypes (the test extra has it)")
+    path = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "fastdrop", "bench", "--device", "gpu", "--full", "--sizes", "2^10",
+               "--no-progress", "--seconds-per-case", "0.001", "--json", str(path)]
+    result = subprocess.run(command, cwd=ROOT, env=emulated_env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-4000:]
+    run = json.loads(path.read_text())
+    assert "emulator" in run["machine"]["gpu"]["name"]
+    assert [s for s in run["skipped"] if s["impl"] != "torch"] == []
+    measured = {(r["op"], r["impl"], r["dtype"]) for r in run["results"]}
+    ops = {r["op"] for r in run["results"]} - {"copy"}
+    assert {"forward", "backward", "forward_bits", "backward_bits", "spatial", "bias_dropout_add"} <= ops
+    for op in ops:
+        for dtype in ("float32", "float16", "bfloat16"):
+            assert {(op, "fastdrop", dtype), (op, "fastdrop_out", dtype)} <= measured, (op, dtype)
+
+
+def test_trainer_on_the_emulator_matches_the_cpu(emulated_env, tmp_path):
+    """``fastdrop train --device gpu``: the CuPy trainer's path, whose masks are the CPU's; with the
+    emulator's NumPy arithmetic even the losses agree to the last bit."""
+    mnist = ROOT.parent / "shared" / "data" / "mnist"
+    if not (mnist / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("the shared MNIST files are not here")
+    runs = {}
+    for device in ("cpu", "gpu"):
+        path = tmp_path / f"{device}.json"
+        command = [sys.executable, "-m", "fastdrop", "train", "--device", device, "--epochs", "1",
+                   "--limit", "1000", "--data-dir", str(mnist), "--no-download", "--quiet", "--json", str(path)]
+        result = subprocess.run(command, cwd=ROOT, env=emulated_env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+        runs[device] = json.loads(path.read_text())["dropout"]
+    assert runs["gpu"]["settings"]["device"] == "gpu"
+    for key in ("train_acc", "val_acc", "test_acc"):
+        assert runs["gpu"][key] == runs["cpu"][key], key
+    assert runs["gpu"]["history"][0]["train_loss"] == runs["cpu"]["history"][0]["train_loss"]

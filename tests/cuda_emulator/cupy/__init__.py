@@ -61,7 +61,13 @@ def _root(array: np.ndarray) -> np.ndarray:
 
 
 def _forget(key: int) -> None:
-    _guarded.pop(key, None)
+    entry = _guarded.pop(key, None)
+    if entry is not None:
+        cuda._run_hooks("free_postprocess", device_id=0, mem_size=_pool_size(entry[2]), mem_ptr=key, pmem_id=key)
+
+
+def _pool_size(nbytes: int) -> int:
+    return -(-max(nbytes, 1) // 512) * 512  # CuPy's pool rounds requests up to 512 bytes
 
 
 def _allocate(shape, dtype, order: str = "C") -> "ndarray":
@@ -75,6 +81,8 @@ def _allocate(shape, dtype, order: str = "C") -> "ndarray":
     raw[start + nbytes:] = _GUARD_BYTE
     key = id(raw)
     _guarded[key] = (weakref.ref(raw, lambda _, key=key: _forget(key)), start, nbytes)
+    cuda._run_hooks("malloc_postprocess", device_id=0, size=nbytes, mem_size=_pool_size(nbytes),
+                    mem_ptr=key, pmem_id=key)
     return np.ndarray.__new__(ndarray, shape, dtype, buffer=raw, offset=start, order=order)
 
 

@@ -8,8 +8,10 @@ The device's multiprocessor count (what fastdrop's grid cap is made from) is
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
+import types
 
 _state = threading.local()
 
@@ -134,3 +136,46 @@ def get_elapsed_time(start, end):
 
 def get_cuda_path():
     return None
+
+
+# --- memory hooks (CuPy's pool hooks: malloc / free, called by the emulator's allocations) -----
+
+class MemoryHook:
+    """Base of pool hooks, registered for the current thread by ``with hook:``."""
+
+    name = "MemoryHook"
+
+    def __enter__(self):
+        hooks = getattr(_state, "memory_hooks", None)
+        if hooks is None:
+            hooks = _state.memory_hooks = {}
+        if self.name in hooks:
+            raise KeyError(f"hook {self.name} already exists")
+        hooks[self.name] = self
+        return self
+
+    def __exit__(self, *exc):
+        del _state.memory_hooks[self.name]
+        return False
+
+    def malloc_preprocess(self, **kwargs):
+        pass
+
+    def malloc_postprocess(self, **kwargs):
+        pass
+
+    def free_preprocess(self, **kwargs):
+        pass
+
+    def free_postprocess(self, **kwargs):
+        pass
+
+
+def _run_hooks(point: str, **kwargs) -> None:
+    for hook in list(getattr(_state, "memory_hooks", {}).values()):
+        getattr(hook, point)(**kwargs)
+
+
+memory_hook = types.ModuleType(f"{__name__}.memory_hook")
+memory_hook.MemoryHook = MemoryHook
+sys.modules[memory_hook.__name__] = memory_hook
