@@ -31,6 +31,8 @@ MIN_TILES_PER_WARP = 4
 _KERNEL_SOURCE = "dropout.cu"
 _COMPILE_OPTIONS = ("--std=c++17",)
 _SUFFIXES = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}
+#: The same by dtype object, filled on first sight: ``dtype.name`` costs microseconds a call.
+_suffix_of_dtype: dict = {}
 #: Elements per lane in the contiguous kernels, by itemsize (one or two 16-byte vectors).
 _ELEMENTS_PER_LANE = {2: 8, 4: 4, 8: 4}
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
@@ -41,13 +43,25 @@ _functions: dict[tuple[int, str, str], object] = {}  # (device, source file, ker
 _sm_counts: dict[int, int] = {}
 
 
+def suffix_of(dtype) -> str:
+    """The kernel name suffix of a dtype the kernels handle ('f32', ...); KeyError otherwise."""
+    try:
+        return _suffix_of_dtype[dtype]
+    except KeyError:
+        name = _SUFFIXES[np.dtype(dtype).name]  # KeyError for the others: never cached
+        _suffix_of_dtype[dtype] = name
+        return name
+
+
 def check_dtype(dtype, argument: str) -> None:
     """TypeError for dtypes the CUDA kernels do not handle."""
-    if np.dtype(dtype).name not in _SUFFIXES:
+    try:
+        suffix_of(dtype)
+    except (KeyError, TypeError):
         raise TypeError(
             f"{argument} has dtype {np.dtype(dtype)}; the CUDA backend supports float16, "
             "bfloat16 (ml_dtypes.bfloat16 arrays, CuPy 14+), float32 and float64"
-        )
+        ) from None
 
 
 def empty_like(x):
@@ -186,7 +200,7 @@ def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
     n = x.size
     if n == 0:
         return
-    suffix = _SUFFIXES[x.dtype.name]
+    suffix = suffix_of(x.dtype)
     key0, key1 = _key(seed)
     scale_value = _scale(x.dtype, scale)
     threshold = np.uint64(threshold)
@@ -232,7 +246,7 @@ def apply_bits(dy, out, *, mask_shape, bits, scale):
     n = dy.size
     if n == 0:
         return
-    suffix = _SUFFIXES[dy.dtype.name]
+    suffix = suffix_of(dy.dtype)
     scale_value = _scale(dy.dtype, scale)
     if _contiguous(dy, out, mask_shape):
         blocks = _contiguous_blocks(n, dy.dtype.itemsize, True)

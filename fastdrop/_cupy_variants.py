@@ -29,7 +29,7 @@ def _rows(kernel: str, x, out, mask_shape, offset, extra) -> None:
         _rows(kernel, x_copy, result, mask_shape, offset, extra)
         out[...] = result
         return
-    name = f"fastdrop_{kernel}_strided_{core._SUFFIXES[x.dtype.name]}"
+    name = f"fastdrop_{kernel}_strided_{core.suffix_of(x.dtype)}"
     for launch in rank3_launches(x.shape, x.strides, out.strides, mask_shape, offset):
         _launch(name, core._strided_chunks(launch), core._strided_args(x, out, launch) + extra)
 
@@ -76,7 +76,7 @@ def bias_dropout_add(x, bias, residual, out, *, seed, offset, threshold, scale):
     kind = ("bias_" if bias is not None else "") + ("vector" if vector else "strided")
     blocks = ((offset + n - 1) >> 2) - (offset >> 2) + 1
     _launch(
-        f"fastdrop_bias_dropout_add_{kind}_{core._SUFFIXES[x.dtype.name]}", blocks,
+        f"fastdrop_bias_dropout_add_{kind}_{core.suffix_of(x.dtype)}", blocks,
         (x, x0, x1, bias if bias is not None else np.uint64(0), residual, r0, r1, out, y0, y1,
          np.int64(rows), np.int64(width), np.uint64(offset)) + core._key(seed)
         + (np.uint64(threshold), core._scale(x.dtype, scale)),

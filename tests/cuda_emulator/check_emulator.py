@@ -6,6 +6,8 @@ keeps the main test run from collecting it there, where ``cupy`` is the real one
 
 from __future__ import annotations
 
+import threading
+
 import cupy
 import numpy as np
 import pytest
@@ -50,6 +52,16 @@ extern "C" __global__ void write_one_past(float* out, long long n) {
 extern "C" __global__ void write_const(const float* x, float* y) {
     y[threadIdx.x] = x[threadIdx.x];
     if (threadIdx.x == 0) const_cast<float*>(x)[0] = 2.0f;
+}
+
+extern "C" __global__ void vector_copy(const float* x, float* y) {
+    reinterpret_cast<uint4*>(y)[threadIdx.x] = reinterpret_cast<const uint4*>(x)[threadIdx.x];
+}
+
+extern "C" __global__ void spin(unsigned* out, int rounds) {
+    unsigned value = threadIdx.x;
+    for (int r = 0; r < rounds; ++r) value = value * 3u + __shfl_down_sync(0xFFFFFFFFu, value, 1);
+    out[blockIdx.x * blockDim.x + threadIdx.x] = value;
 }
 
 extern "C" __global__ void scaled(const double* x, double* y, double s, unsigned long long n) {
@@ -108,6 +120,52 @@ def test_a_write_past_the_end_is_caught(module):
         module.get_function("write_one_past")((1,), (32,), (out, np.int64(10)))
 
 
+def test_a_misaligned_vector_access_is_caught(module):
+    """A GPU faults on a 16-byte load from an address that is not a multiple of 16."""
+    kernel = module.get_function("vector_copy")
+    x, y = cupy.arange(129, dtype=np.float32), cupy.zeros(128, dtype=np.float32)
+    kernel((1,), (32,), (x[:128], y))
+    assert (cupy.asnumpy(y) == np.arange(128)).all()
+    with pytest.raises(RuntimeError, match="misaligned access at .*16-byte alignment"):
+        kernel((1,), (32,), (x[1:], y))
+    kernel((1,), (32,), (x[:128], y))  # the thread's next launch runs normally
+
+
+def test_memory_numpy_allocated_is_refused(module):
+    x = np.ones(32, dtype=np.float32).view(cupy.ndarray)  # not through the emulator's allocator
+    with pytest.raises(RuntimeError, match="did not allocate"):
+        module.get_function("vector_copy")((1,), (8,), (x, cupy.zeros(32, dtype=np.float32)))
+    flat = cupy.ones((4, 8), dtype=np.float32).T.reshape(-1)  # NumPy copies; the emulator re-homes it
+    assert flat.data.ptr % cupy.ALIGNMENT == 0
+
+
+def test_launches_from_several_threads_at_once(module):
+    def expected(blocks, rounds):
+        out = np.zeros(blocks * 64, dtype=np.uint64)
+        for warp in range(blocks * 2):
+            values = np.arange(32, dtype=np.uint64) + 32 * (warp % 2)
+            for _ in range(rounds):
+                values = (values * 3 + np.concatenate([values[1:], values[-1:]])) & 0xFFFFFFFF
+            out[32 * warp:32 * warp + 32] = values
+        return out.astype(np.uint32)
+
+    want = expected(3, 40)
+    results = []
+
+    def worker():
+        for _ in range(10):
+            out = cupy.zeros(3 * 64, dtype=np.uint32)
+            module.get_function("spin")((3,), (64,), (out, np.int32(40)))
+            results.append(bool((cupy.asnumpy(out) == want).all()))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [True] * 40
+
+
 def test_a_write_through_a_const_pointer_is_caught(module):
     x, y = cupy.ones(32, dtype=np.float32), cupy.zeros(32, dtype=np.float32)
     with pytest.raises(RuntimeError, match="changed argument 0, a pointer to const"):
@@ -136,7 +194,7 @@ def test_arguments_are_checked_against_the_signature(module):
             kernel((1,), (32,), args)
 
 
-def test_allocations_are_aligned_and_guarded():
+def test_allocations_are_aligned():
     for n in (0, 1, 7, 1000):
         a = cupy.empty(n, dtype=np.float32)
         assert a.data.ptr % cupy.ALIGNMENT == 0

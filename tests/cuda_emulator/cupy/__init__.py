@@ -36,8 +36,8 @@ ALIGNMENT = 256
 #: Guard bytes on each side of every allocation, checked after each launch.
 GUARD = 64
 _GUARD_BYTE = 0xA5
-#: Fresh allocations are filled with this byte (CuPy's are uninitialised; this makes an element
-#: a kernel forgot to write show up as a NaN-like pattern rather than a plausible value).
+#: Fresh allocations are filled with this byte (CuPy's are uninitialised; a fixed fill makes an
+#: element a kernel forgot to write differ from the reference in every dtype, repeatably).
 _FRESH_BYTE = 0xCD
 
 # id(root buffer) -> (weak reference to it, start of the data, data bytes)
@@ -86,11 +86,14 @@ def _allocate(shape, dtype, order: str = "C") -> "ndarray":
     return np.ndarray.__new__(ndarray, shape, dtype, buffer=raw, offset=start, order=order)
 
 
-def _guards_intact(root: np.ndarray) -> bool:
+def _allocation(root: np.ndarray):
+    """(start, bytes) of the data inside a guarded buffer, or None for memory not allocated here."""
     entry = _guarded.get(id(root))
-    if entry is None or entry[0]() is not root:
-        return True  # not one of ours (no guard bytes to check)
-    _, start, nbytes = entry
+    return None if entry is None or entry[0]() is not root else entry[1:]
+
+
+def _guards_intact(root: np.ndarray) -> bool:
+    start, nbytes = _allocation(root)
     raw = root.reshape(-1).view(np.uint8)
     return bool((raw[:start] == _GUARD_BYTE).all() and (raw[start + nbytes:] == _GUARD_BYTE).all())
 
@@ -143,7 +146,7 @@ def _wrap(result, input_roots: set[int]):
     if id(_root(result)) in input_roots:
         return result.view(ndarray)
     copy = _allocate(result.shape, result.dtype)
-    np.copyto(copy.view(np.ndarray), result)
+    np.copyto(copy.view(np.ndarray), result.view(np.ndarray))
     return copy
 
 
@@ -152,7 +155,10 @@ class ndarray(np.ndarray):
 
     @property
     def data(self):
-        return _MemoryPointer(self.__array_interface__["data"][0])
+        pointer = self.__dict__.get("_pointer")  # an array's address never changes
+        if pointer is None:
+            pointer = self.__dict__["_pointer"] = _MemoryPointer(self.__array_interface__["data"][0])
+        return pointer
 
     def get(self, stream=None, order="C", out=None):
         host = np.array(self.view(np.ndarray), order=order, copy=True)
@@ -160,6 +166,25 @@ class ndarray(np.ndarray):
             out[...] = host
             return out
         return host
+
+    def _device(self, result):
+        """A result of a NumPy method: a view of self stays one, a copy NumPy made moves to a
+        guarded allocation (aligned, checked) like every device array."""
+        if isinstance(result, np.ndarray) and id(_root(result)) != id(_root(self)):
+            return _wrap(result, set())
+        return result
+
+    def reshape(self, *shape, order="C"):
+        return self._device(super().reshape(*shape, order=order))
+
+    def ravel(self, order="C"):
+        return self._device(super().ravel(order))
+
+    def flatten(self, order="C"):
+        return self._device(super().flatten(order))
+
+    def __getitem__(self, key):
+        return self._device(super().__getitem__(key))
 
     def copy(self, order="C"):
         result = _allocate(self.shape, self.dtype, order="F" if order == "F" else "C")
@@ -367,9 +392,13 @@ class _Function:
                 if kind not in "pc":
                     raise TypeError(f"{where}: an array for a parameter of kind {kind!r}")
                 root = _root(arg)
+                allocation = _allocation(root)
+                if allocation is None:
+                    raise RuntimeError(f"{where}: an array whose memory the emulator did not allocate "
+                                       "(made by NumPy behind its back: extend the emulator)")
                 address = arg.__array_interface__["data"][0]
-                start = root.__array_interface__["data"][0]
-                if arg.size and not start <= address < start + root.nbytes:
+                start = root.__array_interface__["data"][0] + allocation[0]
+                if arg.size and not start <= address < start + allocation[1]:
                     raise RuntimeError(f"{where}: pointer outside its allocation")
                 (writable if kind == "p" else const)[id(root)] = (i, root)
                 buffers.append(ctypes.c_uint64(address))

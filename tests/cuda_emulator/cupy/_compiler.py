@@ -18,9 +18,14 @@ import tempfile
 import threading
 from pathlib import Path
 
-HEADER = Path(__file__).resolve().parent.parent / "emulation.hpp"
+FOLDER = Path(__file__).resolve().parent.parent
+HEADER = FOLDER / "emulation.hpp"  # before the kernel source: includes nothing
+RUNTIME = FOLDER / "emulation_runtime.hpp"  # after it
 _KERNEL = re.compile(r'extern\s+"C"\s+void\s+(\w+)\s*\(')
-_FLAGS = ["-std=c++17", "-O2", "-fPIC", "-shared", "-w", "-fno-strict-aliasing"]
+# -fsanitize=alignment: a misaligned access reports (emulation_runtime.hpp) where a GPU faults.
+# Hidden symbols keep every built library's state its own; no CET: lanes start with a bare ret.
+_FLAGS = ["-std=c++17", "-O2", "-fPIC", "-shared", "-w", "-fno-strict-aliasing", "-fvisibility=hidden",
+          "-fcf-protection=none", "-fsanitize=alignment", "-fno-sanitize-recover=alignment"]
 
 _lock = threading.Lock()
 _libraries: dict[str, "Library"] = {}
@@ -60,16 +65,15 @@ static const fastdrop_emulation::Entry fastdrop_emulation_entries[] = {{
 {entries}
 }};
 
-extern "C" {{
-int fastdrop_emulation_count() {{ return {len(names)}; }}
-const char* fastdrop_emulation_name(int i) {{ return fastdrop_emulation_entries[i].name; }}
-const char* fastdrop_emulation_kinds(int i) {{ return fastdrop_emulation_entries[i].kinds; }}
-const unsigned* fastdrop_emulation_sizes(int i) {{ return fastdrop_emulation_entries[i].sizes; }}
-int fastdrop_emulation_launch(int i, const unsigned* grid, const unsigned* block, void** params) {{
-    return fastdrop_emulation::run(fastdrop_emulation_entries[i], grid, block, params);
+FASTDROP_EMULATION_EXPORT int fastdrop_emulation_count() {{ return {len(names)}; }}
+FASTDROP_EMULATION_EXPORT const char* fastdrop_emulation_name(int i) {{ return fastdrop_emulation_entries[i].name; }}
+FASTDROP_EMULATION_EXPORT const char* fastdrop_emulation_kinds(int i) {{ return fastdrop_emulation_entries[i].kinds; }}
+FASTDROP_EMULATION_EXPORT const unsigned* fastdrop_emulation_sizes(int i) {{ return fastdrop_emulation_entries[i].sizes; }}
+FASTDROP_EMULATION_EXPORT int fastdrop_emulation_launch(int i, const unsigned* grid, const unsigned* block,
+                                                        void** params, unsigned long long order_seed) {{
+    return fastdrop_emulation::run(fastdrop_emulation_entries[i], grid, block, params, order_seed);
 }}
-const char* fastdrop_emulation_error() {{ return fastdrop_emulation::launch_state.error; }}
-}}
+FASTDROP_EMULATION_EXPORT const char* fastdrop_emulation_error() {{ return fastdrop_emulation::launch_state.error; }}
 """
 
 
@@ -87,8 +91,11 @@ class Kernel:
 
     def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], params) -> None:
         handle = self.library.handle
+        with _lock:
+            self.library.launches += 1
+            order_seed = self.library.launches  # blocks run in a different order each launch
         rc = handle.fastdrop_emulation_launch(
-            self.index, (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), params
+            self.index, (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), params, order_seed
         )
         if rc != 0:
             message = handle.fastdrop_emulation_error().decode(errors="replace")
@@ -105,9 +112,10 @@ class Library:
         handle.fastdrop_emulation_error.restype = ctypes.c_char_p
         handle.fastdrop_emulation_launch.argtypes = [
             ctypes.c_int, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
-            ctypes.POINTER(ctypes.c_void_p),
+            ctypes.POINTER(ctypes.c_void_p), ctypes.c_ulonglong,
         ]
         self.handle = handle
+        self.launches = 0
         count = handle.fastdrop_emulation_count()
         self.kernels = {kernel.name: kernel for kernel in (Kernel(self, i) for i in range(count))}
 
@@ -115,17 +123,17 @@ class Library:
 def build(code: str) -> Library:
     """The library for ``code``: from this process, from the disk cache, or compiled now."""
     compiler = _compiler()
-    header = HEADER.read_text()
-    key = hashlib.sha256("\0".join([compiler, " ".join(_FLAGS), header, code]).encode()).hexdigest()[:32]
+    header, runtime = HEADER.read_text(), RUNTIME.read_text()
+    key = hashlib.sha256("\0".join([compiler, " ".join(_FLAGS), header, runtime, code]).encode()).hexdigest()[:32]
     with _lock:
         library = _libraries.get(key)
         if library is not None:
             return library
         path = _cache_dir() / f"kernels-{key}.so"
         if not path.exists():
-            source = f'#include "{HEADER.name}"\n{code}'
-            include = f"-I{HEADER.parent}"
-            expanded = _run([compiler, "-E", "-P", "-x", "c++", "-std=c++17", include, "-"], source)
+            source = f'#include "{HEADER.name}"\n{code}\n#include "{RUNTIME.name}"\n'
+            include = f"-I{FOLDER}"
+            expanded = _run([compiler, "-E", "-P", "-x", "c++", "-std=c++17", include, "-"], f'#include "{HEADER.name}"\n{code}')
             names = [n for n in dict.fromkeys(_KERNEL.findall(expanded)) if not n.startswith("fastdrop_emulation")]
             if not names:
                 raise CompileError("the source defines no extern \"C\" kernel")
