@@ -7,13 +7,17 @@ on the CPU (``emulation.hpp``). tests/test_cuda_emulated.py runs the GPU tests t
 
 What it checks beyond the results: every launch argument against the kernel's C++ signature
 (count, size, float / integer / pointer; a NumPy array where CuPy would refuse one), pointers
-inside their allocation, guard bytes around every allocation intact after each launch, arrays
-passed as pointers to const unchanged, and the warp rules of the shuffles (``emulation.hpp``).
+inside their allocation and to memory the emulator allocated, guard bytes around every
+allocation intact after each launch, arrays passed as pointers to const unchanged, misaligned
+accesses (kernels built with ``-fsanitize=alignment``) and the warp rules of the shuffles
+(``emulation_runtime.hpp``). Allocations are 256-byte aligned, like CuPy's pool; copies NumPy
+makes inside a method (``reshape`` of a transposed array, fancy indexing) move to such an
+allocation too.
 
 What it cannot tell: anything about speed, memory coalescing, the device-only arithmetic (the
 kernels' PTX branches; their host twins are what runs, as in tests/test_cuda_host.py), streams
-and graphs (launches run at once, synchronously), or races between threads (lanes run one at a
-time). Arrays are a NumPy subclass, so ``numpy.asarray`` on one is not refused as CuPy refuses it;
+and graphs (launches run at once, synchronously), reads outside an allocation, or races between
+threads (lanes run one at a time). Arrays are a NumPy subclass, so ``numpy.asarray`` on one is not refused as CuPy refuses it;
 NumPy functions and ufuncs given one of these arrays and a NumPy array with dimensions are.
 """
 
