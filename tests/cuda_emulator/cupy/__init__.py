@@ -16,9 +16,10 @@ allocation too.
 
 What it cannot tell: anything about speed, memory coalescing, the device-only arithmetic (the
 kernels' PTX branches; their host twins are what runs, as in tests/test_cuda_host.py), streams
-and graphs (launches run at once, synchronously), reads outside an allocation, or races between
-threads (lanes run one at a time). Arrays are a NumPy subclass, so ``numpy.asarray`` on one is not refused as CuPy refuses it;
-NumPy functions and ufuncs given one of these arrays and a NumPy array with dimensions are.
+and graphs (launches run at once, synchronously), reads outside an allocation, or races
+between threads (lanes run one at a time). Arrays are a NumPy subclass, so ``numpy.asarray``
+on one is not refused as CuPy refuses it; NumPy functions and ufuncs given one of these arrays
+and a NumPy array with dimensions are.
 """
 
 from __future__ import annotations
