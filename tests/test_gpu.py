@@ -388,6 +388,44 @@ def test_alignment_of_either_array_picks_a_correct_path(dtype_name, which):
     np.testing.assert_array_equal(_device_raw(out), _raw(reference.dropout(host, 0.5, seed=21, offset=5)))
 
 
+@gpu_test
+def test_calls_from_several_threads(monkeypatch):
+    """Eight threads at once, from an empty kernel cache (so they race to compile and look up the
+    kernels), each with its own seed and layout: every result as the reference's."""
+    import threading
+
+    from fastdrop import _cupy_backend
+
+    monkeypatch.setattr(_cupy_backend, "_modules", {})
+    monkeypatch.setattr(_cupy_backend, "_functions", {})
+    host, device = _host_and_device((3, 20_011), np.float32)
+    cupy.cuda.Device().synchronize()
+    views = [(lambda a: a), (lambda a: a[:, 1:]), (lambda a: a[:, ::2]), (lambda a: a.T)]
+    results, errors = {}, []
+
+    def work(seed):
+        try:
+            view = views[seed % len(views)]
+            for _ in range(3):
+                y, mask = fastdrop.dropout(view(device), 0.3, seed=seed, offset=seed, keep_bits=seed % 2 == 0)
+                dx = fastdrop.dropout_backward(view(device), mask)
+            cupy.cuda.get_current_stream().synchronize()
+            results[seed] = (_device_raw(y), _device_raw(dx))
+        except Exception as error:  # reported below, not lost in the thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for seed in range(8):
+        expected = reference.dropout(views[seed % len(views)](host), 0.3, seed=seed, offset=seed)
+        np.testing.assert_array_equal(results[seed][0], _raw(expected))
+        np.testing.assert_array_equal(results[seed][1], _raw(expected))
+
+
 # --- without a GPU ------------------------------------------------------------------------------
 
 def test_clear_error_without_a_gpu():
