@@ -86,6 +86,12 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
     k0 = k0 & _MASK32
     k1 = k1 & _MASK32
     c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
+    return _rounds_2_to_10(c0, c1, c2, c3, k0, k1)
+
+
+@numba.njit(inline="always", **_jit)
+def _rounds_2_to_10(c0, c1, c2, c3, k0, k1):
+    """The nine rounds after the first, from the first round's key (32-bit words in uint64)."""
     for _ in range(9):
         k0 = (k0 + _W0) & _MASK32
         k1 = (k1 + _W1) & _MASK32
@@ -137,11 +143,7 @@ def _philox_shared_high(low, high, k0, k1):
     c1 = np.uint64(0)
     c2 = (product0 >> _SHIFT32) ^ k1
     c3 = product0 & _MASK32
-    for _ in range(9):
-        k0 = (k0 + _W0) & _MASK32
-        k1 = (k1 + _W1) & _MASK32
-        c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
-    return c0, c1, c2, c3
+    return _rounds_2_to_10(c0, c1, c2, c3, k0, k1)
 
 
 #: Counters per vector of ``_fill_block`` (eight uint64 lanes: one AVX-512 register, two AVX2
