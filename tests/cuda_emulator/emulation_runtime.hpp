@@ -96,9 +96,62 @@ inline void* fresh_stack(char* stack) {
     std::abort();
 }
 
+#if defined(FASTDROP_EMULATION_TRACE)
+// Memory tracing (a build instrumented by GCC's -fsanitize=address with calls for every access,
+// whose runtime is the handful of functions below instead of libasan): each access by a lane to
+// a traced range is recorded with the lane's count of traced accesses so far, so that the k-th
+// accesses of a warp's 32 lanes (one instruction on a GPU, where lanes run in step) can be put
+// together, e.g. into the 32-byte sectors a warp's request touches.
+struct TraceRecord {
+    unsigned long long address, step;
+    unsigned block, thread, size, store;
+};
+
+const int MAX_RANGES = 32;
+
+struct Trace {
+    const unsigned long long* ranges = nullptr;  // start, end, start, end, ...
+    int range_count = 0;
+    TraceRecord* records = nullptr;
+    unsigned long long capacity = 0, count = 0;
+    // Per lane, range and direction: a lane's k-th load of an array pairs with the other lanes'
+    // k-th load of it, whatever else some lanes access in between (bits only even lanes write).
+    unsigned long long lane_steps[WARP][MAX_RANGES][2] = {};
+    bool overflow = false;
+};
+
+inline thread_local Trace trace;
+
+// Not instrumented itself (it would call itself for its own accesses).
+__attribute__((no_sanitize_address)) inline void record(std::uintptr_t address, unsigned size,
+                                                        bool store) {
+    Trace& t = trace;
+    Launch& l = launch_state;
+    if (t.records == nullptr || l.current == nullptr) return;
+    int range = -1;
+    for (int r = 0; r < t.range_count && range < 0; ++r) {
+        if (address >= t.ranges[2 * r] && address < t.ranges[2 * r + 1]) range = r;
+    }
+    if (range < 0) return;
+    const unsigned lane = (unsigned)(l.current - l.lanes);
+    const unsigned long long step = t.lane_steps[lane][range][store ? 1 : 0]++;
+    if (t.count == t.capacity) {
+        t.overflow = true;
+        return;
+    }
+    t.records[t.count++] = TraceRecord{address, step, l.block_index.x, l.current->thread.x, size,
+                                       store ? 1u : 0u};
+}
+#endif
+
 // Runs one warp (threads `first` .. `first + count - 1` of the block) to completion.
 inline bool run_warp(unsigned first, unsigned count) {
     Launch& l = launch_state;
+#if defined(FASTDROP_EMULATION_TRACE)
+    for (auto& lane : trace.lane_steps) {
+        for (auto& range : lane) range[0] = range[1] = 0;
+    }
+#endif
     for (unsigned i = 0; i < count; ++i) {
         Lane& lane = l.lanes[i];
         lane.thread = Dim3{first + i, 0, 0};
@@ -258,3 +311,41 @@ extern "C" void __ubsan_handle_type_mismatch_v1_abort(FastdropUbsanMismatch* dat
 }
 
 #define FASTDROP_EMULATION_EXPORT extern "C" __attribute__((visibility("default")))
+
+#if defined(FASTDROP_EMULATION_TRACE)
+extern "C" {
+void __asan_init() {}
+void __asan_version_mismatch_check_v8() {}
+void __asan_handle_no_return() {}
+void __asan_before_dynamic_init(const char*) {}
+void __asan_after_dynamic_init() {}
+#define FASTDROP_TRACE_SIZE(N)                                                                   \
+    void __asan_load##N##_noabort(std::uintptr_t a) { fastdrop_emulation::record(a, N, false); } \
+    void __asan_store##N##_noabort(std::uintptr_t a) { fastdrop_emulation::record(a, N, true); }
+FASTDROP_TRACE_SIZE(1)
+FASTDROP_TRACE_SIZE(2)
+FASTDROP_TRACE_SIZE(4)
+FASTDROP_TRACE_SIZE(8)
+FASTDROP_TRACE_SIZE(16)
+void __asan_loadN_noabort(std::uintptr_t a, std::size_t n) { fastdrop_emulation::record(a, (unsigned)n, false); }
+void __asan_storeN_noabort(std::uintptr_t a, std::size_t n) { fastdrop_emulation::record(a, (unsigned)n, true); }
+}
+
+// Starts tracing the given ranges into `records` (null: stops); the count since the start, and
+// whether records were lost to a full buffer.
+FASTDROP_EMULATION_EXPORT __attribute__((no_sanitize_address)) void fastdrop_emulation_trace(const unsigned long long* ranges, int range_count,
+                                                        void* records, unsigned long long capacity) {
+    fastdrop_emulation::Trace& t = fastdrop_emulation::trace;
+    t.ranges = ranges;
+    t.range_count = range_count < fastdrop_emulation::MAX_RANGES ? range_count : fastdrop_emulation::MAX_RANGES;
+    t.records = static_cast<fastdrop_emulation::TraceRecord*>(records);
+    t.capacity = capacity;
+    t.count = 0;
+    t.overflow = false;
+}
+
+FASTDROP_EMULATION_EXPORT __attribute__((no_sanitize_address)) unsigned long long
+fastdrop_emulation_trace_count() {
+    return fastdrop_emulation::trace.overflow ? ~0ull : fastdrop_emulation::trace.count;
+}
+#endif

@@ -30,7 +30,7 @@ import weakref
 
 import numpy as np
 
-from cupy import cuda
+from cupy import _trace, cuda
 from cupy._compiler import CompileError, build
 
 __version__ = "0.0.0+fastdrop.emulator"
@@ -359,13 +359,14 @@ class RawModule:
                  name_expressions=None, jitify=False):
         if code is None:
             raise NotImplementedError("the CUDA emulator builds kernels from source code only")
+        self._code = code
         self._library = build(code)
 
     def get_function(self, name):
         kernel = self._library.kernels.get(name)
         if kernel is None:
             raise RuntimeError(f"no kernel named {name!r} in the module (emulated: cuModuleGetFunction failed)")
-        return _Function(kernel)
+        return _Function(kernel, self._code)
 
 
 def RawKernel(code, name, options=(), backend="nvrtc", translate_cucomplex=False, *, jitify=False):
@@ -380,12 +381,21 @@ def _dims(value, what: str) -> tuple[int, int, int]:
     return value
 
 
+def trace_memory(capacity: int = 1 << 22):
+    """Emulator only: ``with cupy.trace_memory() as trace:`` records the memory accesses of every
+    launch made in the block on this thread (at most ``capacity`` per launch), for
+    ``trace.launches[i].sectors()`` (see ``_trace``)."""
+    return _trace.Trace(capacity)
+
+
 class _Function:
-    def __init__(self, kernel):
+    def __init__(self, kernel, code):
         self._kernel = kernel
+        self._code = code
 
     def __call__(self, grid, block, args, *, shared_mem=0, stream=None, enable_cooperative_groups=False):
-        kernel = self._kernel
+        trace = _trace.active()
+        kernel = self._kernel if trace is None else build(self._code, trace=True).kernels[self._kernel.name]
         name = kernel.name
         args = tuple(args)
         if len(args) != len(kernel.kinds):
@@ -426,7 +436,11 @@ class _Function:
         before = {key: (i, root, root.view(np.uint8).reshape(-1).copy() if root.flags.c_contiguous else None)
                   for key, (i, root) in const.items()}
         params = (ctypes.c_void_p * max(len(buffers), 1))(*[ctypes.addressof(b) for b in buffers])
-        kernel.launch(_dims(grid, "grid"), _dims(block, "block"), params)
+        grid, block = _dims(grid, "grid"), _dims(block, "block")
+        if trace is None:
+            kernel.launch(grid, block, params)
+        else:
+            self._traced_launch(trace, kernel, grid, block, params, {**const, **writable})
         for key, (i, root) in {**writable, **const}.items():
             if not _guards_intact(root):
                 raise RuntimeError(f"{name} wrote outside the allocation of argument {i}")
@@ -434,11 +448,30 @@ class _Function:
             if copy is not None and not np.array_equal(copy, root.view(np.uint8).reshape(-1)):
                 raise RuntimeError(f"{name} changed argument {i}, a pointer to const")
 
+    @staticmethod
+    def _traced_launch(trace, kernel, grid, block, params, arrays) -> None:
+        arguments = {}
+        for i, root in arrays.values():
+            start = root.__array_interface__["data"][0] + _allocation(root)[0]
+            arguments[i] = (start, start + _allocation(root)[1])
+        ranges = np.array([bound for i in sorted(arguments) for bound in arguments[i]], dtype=np.uint64)
+        records = np.zeros(trace.capacity, dtype=_trace.RECORD)
+        handle = kernel.library.handle
+        handle.fastdrop_emulation_trace(ranges.ctypes.data, len(arguments), records.ctypes.data, trace.capacity)
+        try:
+            kernel.launch(grid, block, params)
+            count = handle.fastdrop_emulation_trace_count()
+        finally:
+            handle.fastdrop_emulation_trace(None, 0, None, 0)
+        if count > trace.capacity:
+            raise RuntimeError(f"{kernel.name}: more than {trace.capacity} accesses; trace a smaller launch")
+        trace.launches.append(_trace.Launch(kernel.name, grid, block, arguments, records[:count].copy()))
+
 
 __all__ = [
     "ALIGNMENT", "CompileError", "RawKernel", "RawModule", "array", "asarray", "ascontiguousarray",
     "asnumpy", "cuda", "empty", "empty_like", "full", "get_array_module", "ndarray", "ones",
-    "ones_like", "random", "zeros", "zeros_like",
+    "ones_like", "random", "trace_memory", "zeros", "zeros_like",
 ]
 
 

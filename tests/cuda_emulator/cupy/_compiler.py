@@ -24,8 +24,14 @@ RUNTIME = FOLDER / "emulation_runtime.hpp"  # after it
 _KERNEL = re.compile(r'extern\s+"C"\s+void\s+(\w+)\s*\(')
 # -fsanitize=alignment: a misaligned access reports (emulation_runtime.hpp) where a GPU faults.
 # Hidden symbols keep every built library's state its own; no CET: lanes start with a bare ret.
-_FLAGS = ["-std=c++17", "-O2", "-fPIC", "-shared", "-w", "-fno-strict-aliasing", "-fvisibility=hidden",
+# Compiled, then linked without any sanitizer runtime: emulation_runtime.hpp defines the few
+# functions the instrumentation calls.
+_FLAGS = ["-std=c++17", "-O2", "-fPIC", "-w", "-fno-strict-aliasing", "-fvisibility=hidden",
           "-fcf-protection=none", "-fsanitize=alignment", "-fno-sanitize-recover=alignment"]
+# Memory tracing (cupy.trace_memory): a call on every access, no shadow memory, no libasan.
+_TRACE_FLAGS = ["-O0", "-DFASTDROP_EMULATION_TRACE", "-fsanitize=address", "-fsanitize-recover=address",
+                "--param", "asan-instrumentation-with-call-threshold=0", "--param", "asan-stack=0",
+                "--param", "asan-globals=0", "--param", "asan-use-after-return=0"]
 
 _lock = threading.Lock()
 _libraries: dict[str, "Library"] = {}
@@ -116,15 +122,23 @@ class Library:
         ]
         self.handle = handle
         self.launches = 0
+        self.traced = hasattr(handle, "fastdrop_emulation_trace")
+        if self.traced:
+            handle.fastdrop_emulation_trace.argtypes = [
+                ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_ulonglong,
+            ]
+            handle.fastdrop_emulation_trace_count.restype = ctypes.c_ulonglong
         count = handle.fastdrop_emulation_count()
         self.kernels = {kernel.name: kernel for kernel in (Kernel(self, i) for i in range(count))}
 
 
-def build(code: str) -> Library:
-    """The library for ``code``: from this process, from the disk cache, or compiled now."""
+def build(code: str, trace: bool = False) -> Library:
+    """The library for ``code`` (``trace``: the memory-tracing build): from this process, from
+    the disk cache, or compiled now."""
     compiler = _compiler()
+    flags = _FLAGS + (_TRACE_FLAGS if trace else [])
     header, runtime = HEADER.read_text(), RUNTIME.read_text()
-    key = hashlib.sha256("\0".join([compiler, " ".join(_FLAGS), header, runtime, code]).encode()).hexdigest()[:32]
+    key = hashlib.sha256("\0".join([compiler, " ".join(flags), header, runtime, code]).encode()).hexdigest()[:32]
     with _lock:
         library = _libraries.get(key)
         if library is not None:
@@ -138,7 +152,9 @@ def build(code: str) -> Library:
             if not names:
                 raise CompileError("the source defines no extern \"C\" kernel")
             partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
-            _run([compiler, *_FLAGS, include, "-x", "c++", "-", "-o", str(partial)], source + _footer(names))
+            _run([compiler, *flags, include, "-c", "-x", "c++", "-", "-o", f"{partial}.o"], source + _footer(names))
+            _run([compiler, "-shared", f"{partial}.o", "-o", str(partial)], "")
+            os.unlink(f"{partial}.o")
             os.replace(partial, path)  # atomic: other processes see the whole library or none
         library = Library(path)
         _libraries[key] = library
