@@ -47,12 +47,15 @@ def emulated_env(tmp_path_factory):
     return env
 
 
-def test_emulator_checks_itself(emulated_env):
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EMULATOR / "check_emulator.py")]
+def test_emulator_checks_itself_and_the_kernels_coalescing(emulated_env):
+    """check_emulator.py (the emulator's own checks) and check_coalescing.py (the sectors the
+    kernels' warps touch, from memory traces)."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+               str(EMULATOR / "check_emulator.py"), str(EMULATOR / "check_coalescing.py")]
     result = subprocess.run(command, cwd=ROOT, env=emulated_env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
     passed = re.search(r"(\d+) passed", result.stdout)
-    assert passed and int(passed[1]) >= 15 and " failed" not in result.stdout, result.stdout[-2000:]
+    assert passed and int(passed[1]) >= 30 and " failed" not in result.stdout, result.stdout[-2000:]
 
 
 @pytest.mark.slow
