@@ -27,6 +27,9 @@ BLOCKS_PER_SM = 64
 #: With offset % 4 != 0 the first tile of each warp costs one extra Philox block, so warps
 #: walk at least this many tiles each (see kernels/dropout.cu, contiguous_flags).
 MIN_TILES_PER_WARP = 4
+#: Rows at least this long that step by one element in x or out take the rows kernels (a warp
+#: per 32 elements of a row, coalesced); the others the strided kernels (a thread per 8).
+LONG_ROW = 32
 
 _KERNEL_SOURCE = "dropout.cu"
 _COMPILE_OPTIONS = ("--std=c++17",)
@@ -230,8 +233,9 @@ def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
         and launches[0].shape[2] == n_mask
     )
     for launch in launches:
+        kind, threads = _row_kernel(launch, x.dtype.itemsize)
         _launch(
-            f"fastdrop_forward_strided_{suffix}", _strided_chunks(launch),
+            f"fastdrop_forward_{kind}_{suffix}", threads,
             _strided_args(x, out, launch)
             + (key0, key1, threshold, scale_value, bits if fused else np.uint64(0)),
         )
@@ -259,8 +263,9 @@ def apply_bits(dy, out, *, mask_shape, bits, scale):
         return
     # With word offset 0 a launch's word index is the mask's flat index: the bit to read.
     for launch in rank3_launches(dy.shape, dy.strides, out.strides, mask_shape, 0):
+        kind, threads = _row_kernel(launch, dy.dtype.itemsize)
         _launch(
-            f"fastdrop_apply_bits_strided_{suffix}", _strided_chunks(launch),
+            f"fastdrop_apply_bits_{kind}_{suffix}", threads,
             _strided_args(dy, out, launch) + (bits, scale_value),
         )
 
@@ -288,8 +293,20 @@ def keep_flags(out, *, seed, offset, threshold):
 
 
 def _strided_chunks(launch) -> int:
+    """Threads of a variant's row kernel (kernels/variants.cu): one per 8 elements of a row."""
     size0, size1, size2 = launch.shape
     return size0 * size1 * -(-size2 // 8)
+
+
+def _row_kernel(launch, itemsize: int) -> tuple[str, int]:
+    """The core kernels for a rank-3 launch ('rows' or 'strided') and their threads: a warp per
+    32 elements of a row where rows are long and step by one element in x or out (lanes then
+    take consecutive elements), else a thread per 8 elements."""
+    size0, size1, size2 = launch.shape
+    unit = itemsize in (abs(launch.x_strides[2]), abs(launch.out_strides[2]))
+    if size2 >= LONG_ROW and unit:
+        return "rows", size0 * size1 * 32 * -(-size2 // 32)
+    return "strided", _strided_chunks(launch)
 
 
 def _strided_args(x, out, launch):

@@ -172,10 +172,77 @@ __device__ __forceinline__ void contiguous_pass(const typename T::raw* x, typena
     }
 }
 
-// General path: one rank-3 launch of fastdrop._layout (strides in elements, mask strides in
-// words, any sign). A thread takes 8 consecutive elements of a row and reuses a Philox block
-// while consecutive elements stay inside it. Fused bits (forward) only for a single row whose
-// mask index is its element index (the caller guarantees it); FROM_BITS reads bit `word`.
+// The word `word` of the stream, for every lane of a warp at once (all 32 lanes must call it).
+// Where the warp's words lie in fewer than 32 consecutive Philox blocks (a row whose mask steps
+// by one word or none, either way), each block is computed once, by the lane whose index is its
+// distance from the lowest, and handed round by shuffles; otherwise every lane computes its own.
+__device__ __forceinline__ u32 warp_word(u64 word, int lane, u32 key0, u32 key1) {
+    const u64 q = word >> 2;
+    const u64 q_end0 = __shfl_sync(FULL_WARP, q, 0);
+    const u64 q_end31 = __shfl_sync(FULL_WARP, q, 31);
+    const u64 q_low = q_end0 < q_end31 ? q_end0 : q_end31;  // words are monotonic in the lane
+    const u64 distance = q - q_low;
+    if (__all_sync(FULL_WARP, distance < 32)) {
+        const u32 wanted = __reduce_or_sync(FULL_WARP, 1u << (u32)(distance & 31));
+        PhiloxBlock own = {0u, 0u, 0u, 0u};
+        if ((wanted >> lane) & 1u) own = philox_block(q_low + (u64)lane, key0, key1);
+        return block_word(shuffle_block(own, (int)distance, false), (u32)(word & 3));
+    }
+    return block_word(philox_block(q, key0, key1), (u32)(word & 3));
+}
+
+// Rows of 32 elements and more that step by one element in x or y: one rank-3 launch of
+// fastdrop._layout (strides in elements, mask strides in words, any sign), a warp per 32
+// consecutive elements of a row per step, lane l the element first + l, so that loads and stores
+// are coalesced (tests/cuda_emulator/check_coalescing.py); the Philox blocks come from
+// warp_word. Fused bits (forward) only for a single row whose mask index is its element index
+// (the caller guarantees it): a ballot gives each step's four bytes. FROM_BITS reads bit `word`.
+template <class T, bool FROM_BITS>
+__device__ __forceinline__ void rows_pass(const typename T::raw* x, long long x_start,
+                                             typename T::raw* y, long long y_start,
+                                             long long size0, long long size1, long long size2,
+                                             long long x0, long long x1, long long x2,
+                                             long long y0, long long y1, long long y2,
+                                             u64 word_offset, long long m0, long long m1,
+                                             long long m2, u32 key0, u32 key1, u64 threshold,
+                                             typename T::scale_type scale, unsigned char* bits) {
+    const int lane = threadIdx.x & 31;
+    const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const long long warps = ((long long)gridDim.x * blockDim.x) >> 5;
+    const long long segments = (size2 + 31) / 32;
+    const long long total = size0 * size1 * segments;
+    for (long long task = warp; task < total; task += warps) {  // the same tasks for all lanes
+        const long long row = task / segments;
+        const long long first = (task - row * segments) * 32;
+        const long long i0 = row / size1;
+        const long long i1 = row - i0 * size1;
+        const bool valid = first + lane < size2;
+        const long long i2 = valid ? first + lane : first;  // past the row: lane 0's element
+        const u64 word = word_offset + (u64)(i0 * m0 + i1 * m1) + (u64)(i2 * m2);
+        bool keep;
+        if (FROM_BITS) {
+            keep = valid && ((bits[word >> 3] >> (word & 7)) & 1u);
+        } else {
+            const u32 drawn = warp_word(word, lane, key0, key1);  // every lane: it shuffles
+            keep = valid && keeps(drawn, threshold);
+        }
+        if (valid) {
+            y[y_start + i0 * y0 + i1 * y1 + i2 * y2] =
+                T::select(x[x_start + i0 * x0 + i1 * x1 + i2 * x2], keep, scale);
+        }
+        if (!FROM_BITS && bits != nullptr) {
+            const u32 flags = __ballot_sync(FULL_WARP, keep);
+            if (lane < 4 && first + 8 * lane < size2) {
+                bits[(first >> 3) + lane] = (unsigned char)(flags >> (8 * lane));
+            }
+        }
+    }
+}
+
+// General path, for the other rank-3 launches (rows shorter than 32 elements, where a warp per
+// 32 would leave most lanes idle, or stepping by more than one element in both x and y): a
+// thread takes 8 consecutive elements of a row and reuses a Philox block while consecutive
+// elements stay inside it. Same arguments and bits as rows_pass.
 template <class T, bool FROM_BITS>
 __device__ __forceinline__ void strided_pass(const typename T::raw* x, long long x_start,
                                              typename T::raw* y, long long y_start,
@@ -239,6 +306,28 @@ using namespace fastdrop;
         contiguous_pass<T, R, false>(x, y, n, offset, key0, key1, threshold, scale, bits);        \
     }
 
+// The forward and apply-bits kernels of one rank-3 row layout (PASS: rows_pass or
+// strided_pass), named fastdrop_forward_KIND_NAME and fastdrop_apply_bits_KIND_NAME.
+#define FASTDROP_STRIDED_KERNELS(NAME, T, KIND, PASS)                                              \
+    FASTDROP_KERNEL_WIDE fastdrop_forward_##KIND##_##NAME(                                         \
+        const T::raw* x, long long x_start, T::raw* y, long long y_start, long long size0,         \
+        long long size1, long long size2, long long x0, long long x1, long long x2,                \
+        long long y0, long long y1, long long y2, u64 word_offset, long long m0, long long m1,     \
+        long long m2, u32 key0, u32 key1, u64 threshold, T::scale_type scale,                      \
+        unsigned char* bits) {                                                                     \
+        PASS<T, false>(x, x_start, y, y_start, size0, size1, size2, x0, x1, x2, y0, y1, y2,        \
+                       word_offset, m0, m1, m2, key0, key1, threshold, scale, bits);               \
+    }                                                                                              \
+    FASTDROP_KERNEL fastdrop_apply_bits_##KIND##_##NAME(                                           \
+        const T::raw* x, long long x_start, T::raw* y, long long y_start, long long size0,         \
+        long long size1, long long size2, long long x0, long long x1, long long x2,                \
+        long long y0, long long y1, long long y2, u64 word_offset, long long m0, long long m1,     \
+        long long m2, const unsigned char* bits, T::scale_type scale) {                            \
+        PASS<T, true>(x, x_start, y, y_start, size0, size1, size2, x0, x1, x2, y0, y1, y2,         \
+                      word_offset, m0, m1, m2, 0u, 0u, 0ull, scale,                                \
+                      const_cast<unsigned char*>(bits));                                           \
+    }
+
 #define FASTDROP_DTYPE_KERNELS(NAME, T)                                                            \
     FASTDROP_CONTIGUOUS_FORWARD(NAME, T, 0, FASTDROP_KERNEL)                                       \
     FASTDROP_CONTIGUOUS_FORWARD(NAME, T, 1, FASTDROP_KERNEL_WIDE)                                  \
@@ -250,24 +339,8 @@ using namespace fastdrop;
         contiguous_pass<T, 0, true>(x, y, n, 0ull, 0u, 0u, 0ull, scale,                            \
                                     const_cast<unsigned char*>(bits));                             \
     }                                                                                              \
-    FASTDROP_KERNEL_WIDE fastdrop_forward_strided_##NAME(                                          \
-        const T::raw* x, long long x_start, T::raw* y, long long y_start, long long size0,         \
-        long long size1, long long size2, long long x0, long long x1, long long x2,                \
-        long long y0, long long y1, long long y2, u64 word_offset, long long m0, long long m1,     \
-        long long m2, u32 key0, u32 key1, u64 threshold, T::scale_type scale,                      \
-        unsigned char* bits) {                                                                     \
-        strided_pass<T, false>(x, x_start, y, y_start, size0, size1, size2, x0, x1, x2, y0, y1,    \
-                               y2, word_offset, m0, m1, m2, key0, key1, threshold, scale, bits);   \
-    }                                                                                              \
-    FASTDROP_KERNEL fastdrop_apply_bits_strided_##NAME(                                            \
-        const T::raw* x, long long x_start, T::raw* y, long long y_start, long long size0,         \
-        long long size1, long long size2, long long x0, long long x1, long long x2,                \
-        long long y0, long long y1, long long y2, u64 word_offset, long long m0, long long m1,     \
-        long long m2, const unsigned char* bits, T::scale_type scale) {                            \
-        strided_pass<T, true>(x, x_start, y, y_start, size0, size1, size2, x0, x1, x2, y0, y1,     \
-                              y2, word_offset, m0, m1, m2, 0u, 0u, 0ull, scale,                    \
-                              const_cast<unsigned char*>(bits));                                   \
-    }
+    FASTDROP_STRIDED_KERNELS(NAME, T, rows, rows_pass)                                             \
+    FASTDROP_STRIDED_KERNELS(NAME, T, strided, strided_pass)
 
 FASTDROP_DTYPE_KERNELS(f16, Float16)
 FASTDROP_DTYPE_KERNELS(bf16, BFloat16)

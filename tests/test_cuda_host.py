@@ -94,7 +94,7 @@ def test_kernels_compile_without_spills(arch, tmp_path):
     names = {name for name, _ in entries}
     for suffix in ("f16", "bf16", "f32", "f64"):
         for kind in ("forward_contiguous_r0", "forward_contiguous_r3", "apply_bits_contiguous",
-                     "forward_strided", "apply_bits_strided"):
+                     "forward_strided", "apply_bits_strided", "forward_rows", "apply_bits_rows"):
             assert f"fastdrop_{kind}_{suffix}" in names
     assert {"fastdrop_random_bits", "fastdrop_keep_flags", "fastdrop_pack_keep_bits"} <= names
     assert len(spills) == len(entries)

@@ -88,10 +88,35 @@ def test_vector_bias_dropout_add_is_coalesced(dtype_name):
     assert len(efficiency) == 4 and all(value == 1.0 for value in efficiency.values()), efficiency
 
 
-def test_a_strided_layout_is_seen_as_uncoalesced():
-    """The measure itself: every other float32 element touches a sector per lane."""
-    x = _device(2 * N, np.dtype(np.float32))[::2]
-    launches = traced(lambda: fastdrop.dropout(x, 0.1, seed=3))
+@pytest.mark.parametrize("dtype_name", ["float16", "float32", "float64"])
+def test_long_rows_are_coalesced(dtype_name):
+    """The rows kernels (rows of 32 elements and more): a warp's lanes take consecutive
+    elements, so a row that steps by one element is read and written as by a copy, one that
+    steps by two touches twice its bytes, one element in (misaligned) at most one sector more
+    per request; a channel mask broadcast along its rows costs nothing in coalescing."""
+    dtype = _dtype(dtype_name)
+    flat = _device(2 * N + 1, dtype)
+    rows = _device((64, 256), dtype)
+    cases = [
+        (lambda: fastdrop.dropout(flat[:N][::-1], 0.1, seed=3), 1.0, 1.0),  # reversed: not contiguous
+        (lambda: fastdrop.dropout(rows, 0.1, seed=3, mask_shape=(64, 1)), 1.0, 1.0),
+        (lambda: fastdrop.dropout(flat[: 2 * N : 2], 0.1, seed=3), 0.5, 0.5),
+        (lambda: fastdrop.dropout(flat[1 : N + 1], 0.1, seed=3), 0.6, 1.0),
+    ]
+    for run, low, high in cases:
+        launches = traced(run)
+        assert [launch.name for launch in launches] == [f"fastdrop_forward_rows_{_cupy_backend.suffix_of(dtype)}"]
+        efficiency = _data_efficiency(launches, {0, 2})  # x, and y (a fresh, contiguous output)
+        name = launches[0].name
+        assert low <= efficiency[(name, 0, "load")] <= high, efficiency
+        assert efficiency[(name, 2, "store")] == 1.0, efficiency
+
+
+def test_short_rows_are_seen_as_uncoalesced():
+    """The measure itself: rows of 16 float32 take the strided kernel, a thread per 8 elements,
+    so each lane's access sits in a sector of its own."""
+    x = _device((256, 16), np.dtype(np.float32))
+    launches = traced(lambda: fastdrop.dropout(x, 0.1, seed=3, mask_shape=(256, 1)))
     efficiency = _data_efficiency(launches, {0})
     assert list(efficiency) == [("fastdrop_forward_strided_f32", 0, "load")]
     assert efficiency[("fastdrop_forward_strided_f32", 0, "load")] <= 0.125

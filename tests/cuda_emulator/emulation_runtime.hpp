@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <type_traits>
 #include <utility>
 
@@ -32,14 +33,8 @@ fastdrop_emulation_switch:
     pushq %r13
     pushq %r14
     pushq %r15
-    subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
-    addq $8, %rsp
     popq %r15
     popq %r14
     popq %r13
@@ -73,19 +68,35 @@ inline void lane_main() {
     std::abort();  // a finished lane is never resumed
 }
 
-// A fresh stack whose first switch "returns" into lane_main with the ABI's alignment, and the
-// default floating-point control state (not whatever the calling thread had set).
+// A fresh stack whose first switch "returns" into lane_main with the ABI's alignment.
 inline void* fresh_stack(char* stack) {
     std::uintptr_t top = (std::uintptr_t)(stack + STACK_BYTES) & ~(std::uintptr_t)15;
     std::uintptr_t ret = top - 16;  // lane_main starts with rsp = ret + 8, i.e. 8 mod 16
     *(void**)ret = (void*)&lane_main;
     *(void**)(ret + 8) = nullptr;
-    std::uintptr_t sp = ret - 56;  // the control words, then six callee-saved registers
-    std::memset((void*)sp, 0, 56);
-    std::memcpy((void*)sp, &DEFAULT_MXCSR, 4);
-    std::memcpy((void*)(sp + 4), &DEFAULT_X87, 2);
+    std::uintptr_t sp = ret - 48;  // six callee-saved registers
+    std::memset((void*)sp, 0, 48);
     return (void*)sp;
 }
+
+// The default floating-point control state for a launch (round to nearest, no flush to zero:
+// not whatever the calling thread had set), and the caller's back afterwards.
+struct ControlWords {
+    unsigned mxcsr;
+    unsigned short x87;
+    ControlWords() {
+        asm volatile("stmxcsr %0" : "=m"(mxcsr));
+        asm volatile("fnstcw %0" : "=m"(x87));
+        asm volatile("ldmxcsr %0" : : "m"(DEFAULT_MXCSR));
+        asm volatile("fldcw %0" : : "m"(DEFAULT_X87));
+    }
+    ~ControlWords() {
+        asm volatile("ldmxcsr %0" : : "m"(mxcsr));
+        asm volatile("fldcw %0" : : "m"(x87));
+    }
+};
+
+inline std::mutex launch_mutex;
 
 // Gives up the current lane for good: the launch fails with the error already recorded.
 [[noreturn]] inline void abandon_lane() {
@@ -120,7 +131,7 @@ struct Trace {
     bool overflow = false;
 };
 
-inline thread_local Trace trace;
+inline Trace trace;  // guarded by launch_mutex, like launch_state
 
 // Not instrumented itself (it would call itself for its own accesses).
 __attribute__((no_sanitize_address)) inline void record(std::uintptr_t address, unsigned size,
@@ -237,6 +248,7 @@ inline Entry entry(const char* name, void (*kernel)(A...)) {
 // Returns 0, or 1 with the message in `error`.
 inline int run(const Entry& kernel, const unsigned grid[3], const unsigned block[3], void** params,
                unsigned long long order_seed) {
+    ControlWords control_words;
     Launch& l = launch_state;
     l.error[0] = '\0';
     if (grid[1] != 1 || grid[2] != 1 || block[1] != 1 || block[2] != 1 || grid[0] == 0 ||
@@ -312,6 +324,40 @@ extern "C" void __ubsan_handle_type_mismatch_v1_abort(FastdropUbsanMismatch* dat
 
 #define FASTDROP_EMULATION_EXPORT extern "C" __attribute__((visibility("default")))
 
+namespace fastdrop_emulation {
+
+// One launch, start to end under launch_mutex: its error message copied to `error`, and in a
+// tracing build its accesses to the `range_count` ranges recorded into `records` (their number,
+// or ~0 if more than `capacity`, into `*recorded`).
+__attribute__((no_sanitize_address)) inline int launch(
+    const Entry& kernel, const unsigned grid[3], const unsigned block[3], void** params,
+    unsigned long long order_seed, char* error, int error_size, const unsigned long long* ranges,
+    int range_count, void* records, unsigned long long capacity, unsigned long long* recorded) {
+    std::lock_guard<std::mutex> one_at_a_time(launch_mutex);
+#if defined(FASTDROP_EMULATION_TRACE)
+    Trace& t = trace;
+    t.ranges = ranges;
+    t.range_count = range_count < MAX_RANGES ? range_count : MAX_RANGES;
+    t.capacity = capacity;
+    t.count = 0;
+    t.overflow = false;
+    t.records = static_cast<TraceRecord*>(records);
+#else
+    (void)ranges, (void)range_count, (void)records, (void)capacity;
+#endif
+    const int rc = run(kernel, grid, block, params, order_seed);
+#if defined(FASTDROP_EMULATION_TRACE)
+    *recorded = t.overflow ? ~0ull : t.count;
+    t.records = nullptr;
+#else
+    *recorded = 0;
+#endif
+    std::snprintf(error, (std::size_t)error_size, "%s", launch_state.error);
+    return rc;
+}
+
+}  // namespace fastdrop_emulation
+
 #if defined(FASTDROP_EMULATION_TRACE)
 extern "C" {
 void __asan_init() {}
@@ -331,21 +377,4 @@ void __asan_loadN_noabort(std::uintptr_t a, std::size_t n) { fastdrop_emulation:
 void __asan_storeN_noabort(std::uintptr_t a, std::size_t n) { fastdrop_emulation::record(a, (unsigned)n, true); }
 }
 
-// Starts tracing the given ranges into `records` (null: stops); the count since the start, and
-// whether records were lost to a full buffer.
-FASTDROP_EMULATION_EXPORT __attribute__((no_sanitize_address)) void fastdrop_emulation_trace(const unsigned long long* ranges, int range_count,
-                                                        void* records, unsigned long long capacity) {
-    fastdrop_emulation::Trace& t = fastdrop_emulation::trace;
-    t.ranges = ranges;
-    t.range_count = range_count < fastdrop_emulation::MAX_RANGES ? range_count : fastdrop_emulation::MAX_RANGES;
-    t.records = static_cast<fastdrop_emulation::TraceRecord*>(records);
-    t.capacity = capacity;
-    t.count = 0;
-    t.overflow = false;
-}
-
-FASTDROP_EMULATION_EXPORT __attribute__((no_sanitize_address)) unsigned long long
-fastdrop_emulation_trace_count() {
-    return fastdrop_emulation::trace.overflow ? ~0ull : fastdrop_emulation::trace.count;
-}
 #endif

@@ -456,13 +456,7 @@ class _Function:
             arguments[i] = (start, start + _allocation(root)[1])
         ranges = np.array([bound for i in sorted(arguments) for bound in arguments[i]], dtype=np.uint64)
         records = np.zeros(trace.capacity, dtype=_trace.RECORD)
-        handle = kernel.library.handle
-        handle.fastdrop_emulation_trace(ranges.ctypes.data, len(arguments), records.ctypes.data, trace.capacity)
-        try:
-            kernel.launch(grid, block, params)
-            count = handle.fastdrop_emulation_trace_count()
-        finally:
-            handle.fastdrop_emulation_trace(None, 0, None, 0)
+        count = kernel.launch(grid, block, params, trace=(ranges, records))
         if count > trace.capacity:
             raise RuntimeError(f"{kernel.name}: more than {trace.capacity} accesses; trace a smaller launch")
         trace.launches.append(_trace.Launch(kernel.name, grid, block, arguments, records[:count].copy()))

@@ -75,11 +75,20 @@ FASTDROP_EMULATION_EXPORT int fastdrop_emulation_count() {{ return {len(names)};
 FASTDROP_EMULATION_EXPORT const char* fastdrop_emulation_name(int i) {{ return fastdrop_emulation_entries[i].name; }}
 FASTDROP_EMULATION_EXPORT const char* fastdrop_emulation_kinds(int i) {{ return fastdrop_emulation_entries[i].kinds; }}
 FASTDROP_EMULATION_EXPORT const unsigned* fastdrop_emulation_sizes(int i) {{ return fastdrop_emulation_entries[i].sizes; }}
-FASTDROP_EMULATION_EXPORT int fastdrop_emulation_launch(int i, const unsigned* grid, const unsigned* block,
-                                                        void** params, unsigned long long order_seed) {{
-    return fastdrop_emulation::run(fastdrop_emulation_entries[i], grid, block, params, order_seed);
+FASTDROP_EMULATION_EXPORT int fastdrop_emulation_launch(
+        int i, const unsigned* grid, const unsigned* block, void** params, unsigned long long order_seed,
+        char* error, int error_size, const unsigned long long* ranges, int range_count, void* records,
+        unsigned long long capacity, unsigned long long* recorded) {{
+    return fastdrop_emulation::launch(fastdrop_emulation_entries[i], grid, block, params, order_seed, error,
+                                      error_size, ranges, range_count, records, capacity, recorded);
 }}
-FASTDROP_EMULATION_EXPORT const char* fastdrop_emulation_error() {{ return fastdrop_emulation::launch_state.error; }}
+FASTDROP_EMULATION_EXPORT int fastdrop_emulation_traced() {{
+#if defined(FASTDROP_EMULATION_TRACE)
+    return 1;
+#else
+    return 0;
+#endif
+}}
 """
 
 
@@ -95,17 +104,25 @@ class Kernel:
         sizes = handle.fastdrop_emulation_sizes(index)
         self.sizes = tuple(sizes[i] for i in range(len(self.kinds)))
 
-    def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], params) -> None:
+    def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], params, trace=None) -> int:
+        """Run the kernel; with ``trace`` = (ranges uint64 array, record array) in a tracing build,
+        record its accesses to those ranges and return how many (else 0)."""
         handle = self.library.handle
         with _lock:
             self.library.launches += 1
             order_seed = self.library.launches  # blocks run in a different order each launch
+        error = ctypes.create_string_buffer(512)
+        recorded = ctypes.c_ulonglong(0)
+        ranges, records = trace if trace is not None else (None, None)
         rc = handle.fastdrop_emulation_launch(
-            self.index, (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), params, order_seed
+            self.index, (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), params, order_seed,
+            error, len(error), None if ranges is None else ranges.ctypes.data,
+            0 if ranges is None else len(ranges) // 2, None if records is None else records.ctypes.data,
+            0 if records is None else len(records), ctypes.byref(recorded),
         )
         if rc != 0:
-            message = handle.fastdrop_emulation_error().decode(errors="replace")
-            raise RuntimeError(f"emulated launch of {self.name}: {message}")
+            raise RuntimeError(f"emulated launch of {self.name}: {error.value.decode(errors='replace')}")
+        return recorded.value
 
 
 class Library:
@@ -115,19 +132,15 @@ class Library:
         handle.fastdrop_emulation_name.restype = ctypes.c_char_p
         handle.fastdrop_emulation_kinds.restype = ctypes.c_char_p
         handle.fastdrop_emulation_sizes.restype = ctypes.POINTER(ctypes.c_uint)
-        handle.fastdrop_emulation_error.restype = ctypes.c_char_p
         handle.fastdrop_emulation_launch.argtypes = [
             ctypes.c_int, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
-            ctypes.POINTER(ctypes.c_void_p), ctypes.c_ulonglong,
+            ctypes.POINTER(ctypes.c_void_p), ctypes.c_ulonglong, ctypes.c_char_p, ctypes.c_int,
+            ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_ulonglong,
+            ctypes.POINTER(ctypes.c_ulonglong),
         ]
         self.handle = handle
         self.launches = 0
-        self.traced = hasattr(handle, "fastdrop_emulation_trace")
-        if self.traced:
-            handle.fastdrop_emulation_trace.argtypes = [
-                ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_ulonglong,
-            ]
-            handle.fastdrop_emulation_trace_count.restype = ctypes.c_ulonglong
+        self.traced = bool(handle.fastdrop_emulation_traced())
         count = handle.fastdrop_emulation_count()
         self.kernels = {kernel.name: kernel for kernel in (Kernel(self, i) for i in range(count))}
 
