@@ -11,8 +11,12 @@ copy of the same bytes, torch.nn.functional.dropout's forward and torch's dropou
 (``aten.native_dropout_backward``), and fastdrop's forward and backward (from the seed), all in the
 same run. Each figure is the median over repeats of CUDA-event time per call (calls issued back
 to back after warm-up, so at small sizes it includes the Python call); GB/s counts the bytes a
-dropout must move: the input read once and the output written once. Writes the same numbers as
-JSON (default $OUT/gpu_check.json when OUT is set, else out/gpu_check.json), rewritten after
+dropout must move: the input read once and the output written once (bias-dropout-add: x and the
+residual read, y written, and its bias row), and "of copy" is GB/s over the copy's GB/s. Besides
+the forward (offsets 0 and 3) and backward: a channel mask (rows of 256 share a draw) and a view
+one element into its allocation (the rows kernels), and bias-dropout-add (rows of 1024). Writes
+the same numbers as JSON (default $OUT/gpu_check.json when OUT is set, else
+out/gpu_check.json), rewritten after
 every row, so a crash or a time-out still leaves everything measured until then. A failing test
 or measurement is recorded and the rest still runs.
 
@@ -136,6 +140,7 @@ def measure(dtype_name: str, log2_n: int, repeats: int, calls: int | None = None
     nbytes = n * cupy_dtype.itemsize
     moved = 2 * nbytes  # read the input once, write the output once
     results: dict[str, float] = {}
+    moved_by: dict[str, int] = {}  # bytes a row moves where not `moved`
     errors: list[str] = []
 
     def timed(name, run, events):
@@ -176,20 +181,41 @@ def measure(dtype_name: str, log2_n: int, repeats: int, calls: int | None = None
         timed("fastdrop forward, offset 3",
               lambda: fastdrop.dropout(x, P, seed=SEED, offset=3, out=y), cupy_events)
         timed("fastdrop backward", lambda: fastdrop.dropout_backward(dy, mask, out=dx), cupy_events)
-        del x, y, dy, dx
+        # The rows kernels: a channel mask (rows of 256 share a draw), and a view one element
+        # into its allocation (too misaligned for the contiguous kernels).
+        rows, rows_out = x.reshape(-1, 256), y.reshape(-1, 256)
+        timed("fastdrop channel mask", lambda: fastdrop.dropout(
+            rows, P, seed=SEED, mask_shape=(rows.shape[0], 1), out=rows_out), cupy_events)
+        shifted = cupy.empty(n + 1, dtype=cupy_dtype)
+        unsigned = {2: np.uint16, 4: np.uint32, 8: np.uint64}[cupy_dtype.itemsize]
+        shifted.view(unsigned)[1:] = x.view(unsigned)  # raw bits: no CuPy bfloat16 arithmetic
+        timed("fastdrop forward, one element in",
+              lambda: fastdrop.dropout(shifted[1:], P, seed=SEED, out=y), cupy_events)
+        del shifted
+        # Bias-dropout-add (issue 3): reads x and the residual, writes y (and a row of bias).
+        width = min(n, 1024)
+        matrix, residual, out = x.reshape(-1, width), dy.reshape(-1, width), y.reshape(-1, width)
+        bias = dy[:width]
+        timed("fastdrop bias-dropout-add", lambda: fastdrop.bias_dropout_add(
+            matrix, bias, residual, P, seed=SEED, out=out), cupy_events)
+        moved_by["fastdrop bias-dropout-add"] = 3 * nbytes + width * cupy_dtype.itemsize
+        del x, y, dy, dx, rows, rows_out, matrix, residual, out, bias
         cupy.get_default_memory_pool().free_all_blocks()
     except Exception as error:
         errors.append(f"{dtype_name} 2^{log2_n} cupy: {type(error).__name__}: {error}")
         traceback.print_exc()
 
     rows = []
+    copy = results.get("copy")
+    copy_gbps = moved / (copy * 1e-3) / 1e9 if copy else None
     for name, ms in results.items():
-        baseline = results.get("torch backward" if "backward" in name else "torch forward")
-        copy = results.get("copy")
+        baseline = {"fastdrop forward": "torch forward", "fastdrop forward, offset 3": "torch forward",
+                    "fastdrop backward": "torch backward"}.get(name)
+        baseline = results.get(baseline) if baseline else None
+        gbps = moved_by.get(name, moved) / (ms * 1e-3) / 1e9
         rows.append({
-            "dtype": dtype_name, "log2_n": log2_n, "what": name, "ms": ms,
-            "GB/s": moved / (ms * 1e-3) / 1e9,
-            "of copy": copy / ms if copy else None,
+            "dtype": dtype_name, "log2_n": log2_n, "what": name, "ms": ms, "GB/s": gbps,
+            "of copy": gbps / copy_gbps if copy_gbps else None,  # byte rates: a roofline share
             "vs torch": baseline / ms if baseline else None,
         })
     return rows, errors
@@ -254,7 +280,7 @@ def main(argv=None) -> int:
     save()
 
     print(f"\n{report['device']['gpu']}, p = {P}; GB/s = (input + output bytes) / time")
-    print(f"{'dtype':<9} {'n':>5} {'what':<28} {'ms':>9} {'GB/s':>8} {'of copy':>8} {'vs torch':>8}")
+    print(f"{'dtype':<9} {'n':>5} {'what':<32} {'ms':>9} {'GB/s':>8} {'of copy':>8} {'vs torch':>8}")
     for dtype_name in args.dtypes.split(","):
         if dtype_name == "bfloat16" and importlib.util.find_spec("ml_dtypes") is None:
             report["skipped"].append("bfloat16: ml_dtypes is not installed (CuPy needs it for bfloat16)")
@@ -268,7 +294,7 @@ def main(argv=None) -> int:
                 traceback.print_exc()
             for row in rows:
                 report["rows"].append(row)
-                print(f"{row['dtype']:<9} 2^{row['log2_n']:<3} {row['what']:<28} {row['ms']:>9.4f} "
+                print(f"{row['dtype']:<9} 2^{row['log2_n']:<3} {row['what']:<32} {row['ms']:>9.4f} "
                       f"{row['GB/s']:>8.1f} {_ratio(row['of copy'])} {_ratio(row['vs torch'])}")
             for error in errors:
                 print(f"ERROR {error}")
