@@ -173,20 +173,21 @@ __device__ __forceinline__ void contiguous_pass(const typename T::raw* x, typena
 }
 
 // The word `word` of the stream, for every lane of a warp at once (all 32 lanes must call it).
-// Where the warp's words lie in fewer than 32 consecutive Philox blocks (a row whose mask steps
-// by one word or none, either way), each block is computed once, by the lane whose index is its
-// distance from the lowest, and handed round by shuffles; otherwise every lane computes its own.
-__device__ __forceinline__ u32 warp_word(u64 word, int lane, u32 key0, u32 key1) {
+// The words must be linear in the lane up to lane `last` (the same for all lanes; lanes past it
+// pass lane 0's word), as along a row. Then the blocks they lie in are consecutive, and where
+// there are at most 32 (a mask stepping by up to four words, or none) each is computed once, by
+// the lane whose index is its distance from the lowest, and handed round by shuffles; otherwise
+// every lane computes its own. Shuffles only, so it compiles for any architecture.
+__device__ __forceinline__ u32 warp_word(u64 word, int lane, int last, u32 key0, u32 key1) {
     const u64 q = word >> 2;
-    const u64 q_end0 = __shfl_sync(FULL_WARP, q, 0);
-    const u64 q_end31 = __shfl_sync(FULL_WARP, q, 31);
-    const u64 q_low = q_end0 < q_end31 ? q_end0 : q_end31;  // words are monotonic in the lane
-    const u64 distance = q - q_low;
-    if (__all_sync(FULL_WARP, distance < 32)) {
-        const u32 wanted = __reduce_or_sync(FULL_WARP, 1u << (u32)(distance & 31));
+    const u64 q_first = __shfl_sync(FULL_WARP, q, 0);
+    const u64 q_last = __shfl_sync(FULL_WARP, q, last);
+    const u64 q_low = q_first < q_last ? q_first : q_last;
+    const u64 span = (q_first < q_last ? q_last : q_first) - q_low;  // the same in every lane
+    if (span < 32) {
         PhiloxBlock own = {0u, 0u, 0u, 0u};
-        if ((wanted >> lane) & 1u) own = philox_block(q_low + (u64)lane, key0, key1);
-        return block_word(shuffle_block(own, (int)distance, false), (u32)(word & 3));
+        if ((u64)lane <= span) own = philox_block(q_low + (u64)lane, key0, key1);
+        return block_word(shuffle_block(own, (int)(q - q_low), false), (u32)(word & 3));
     }
     return block_word(philox_block(q, key0, key1), (u32)(word & 3));
 }
@@ -218,12 +219,13 @@ __device__ __forceinline__ void rows_pass(const typename T::raw* x, long long x_
         const long long i1 = row - i0 * size1;
         const bool valid = first + lane < size2;
         const long long i2 = valid ? first + lane : first;  // past the row: lane 0's element
+        const int last = (int)smaller(31LL, size2 - 1 - first);  // the row's last lane
         const u64 word = word_offset + (u64)(i0 * m0 + i1 * m1) + (u64)(i2 * m2);
         bool keep;
         if (FROM_BITS) {
             keep = valid && ((bits[word >> 3] >> (word & 7)) & 1u);
         } else {
-            const u32 drawn = warp_word(word, lane, key0, key1);  // every lane: it shuffles
+            const u32 drawn = warp_word(word, lane, last, key0, key1);  // every lane: it shuffles
             keep = valid && keeps(drawn, threshold);
         }
         if (valid) {

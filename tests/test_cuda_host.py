@@ -81,7 +81,7 @@ ENTRY_LINE = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'")
 
 @pytest.mark.nvcc
 @needs_nvcc
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("arch", ["sm_75", "sm_80", "sm_90"])
 def test_kernels_compile_without_spills(arch, tmp_path):
     result = subprocess.run(
         [NVCC, f"-arch={arch}", "-cubin", "-ftz=true", "-Xptxas", "-v",

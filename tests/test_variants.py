@@ -570,7 +570,7 @@ def test_cuda_element_operations_match_reference(variants_harness, dtype, p):
 
 @pytest.mark.nvcc
 @pytest.mark.skipif(NVCC is None, reason="nvcc (CUDA toolkit) not found on PATH")
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("arch", ["sm_75", "sm_80", "sm_90"])
 def test_variant_kernels_compile_without_spills(arch, tmp_path):
     """kernels/variants.cu, as NVRTC gets it (headers inlined), compiles with CuPy's -ftz=true,
     every kernel present and none spilling."""
