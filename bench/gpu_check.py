@@ -183,7 +183,8 @@ def measure(dtype_name: str, log2_n: int, repeats: int, calls: int | None = None
         timed("fastdrop backward", lambda: fastdrop.dropout_backward(dy, mask, out=dx), cupy_events)
         # The rows kernels: a channel mask (rows of 256 share a draw), and a view one element
         # into its allocation (too misaligned for the contiguous kernels).
-        rows, rows_out = x.reshape(-1, 256), y.reshape(-1, 256)
+        row = min(n, 256)
+        rows, rows_out = x.reshape(-1, row), y.reshape(-1, row)
         timed("fastdrop channel mask", lambda: fastdrop.dropout(
             rows, P, seed=SEED, mask_shape=(rows.shape[0], 1), out=rows_out), cupy_events)
         shifted = cupy.empty(n + 1, dtype=cupy_dtype)
@@ -279,7 +280,8 @@ def main(argv=None) -> int:
         report["errors"].append(f"torch: {type(error).__name__}: {error}")
     save()
 
-    print(f"\n{report['device']['gpu']}, p = {P}; GB/s = (input + output bytes) / time")
+    print(f"\n{report['device']['gpu']}, p = {P}; GB/s = bytes moved / time (input + output; "
+          "bias-dropout-add: x, residual, bias row and output)")
     print(f"{'dtype':<9} {'n':>5} {'what':<32} {'ms':>9} {'GB/s':>8} {'of copy':>8} {'vs torch':>8}")
     for dtype_name in args.dtypes.split(","):
         if dtype_name == "bfloat16" and importlib.util.find_spec("ml_dtypes") is None:

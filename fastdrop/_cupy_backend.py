@@ -293,7 +293,7 @@ def keep_flags(out, *, seed, offset, threshold):
 
 
 def _strided_chunks(launch) -> int:
-    """Threads of a variant's row kernel (kernels/variants.cu): one per 8 elements of a row."""
+    """Threads of the thread-per-8 ('strided') kernels: one per 8 elements of a row."""
     size0, size1, size2 = launch.shape
     return size0 * size1 * -(-size2 // 8)
 

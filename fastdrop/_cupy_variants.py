@@ -29,9 +29,10 @@ def _rows(kernel: str, x, out, mask_shape, offset, extra) -> None:
         _rows(kernel, x_copy, result, mask_shape, offset, extra)
         out[...] = result
         return
-    name = f"fastdrop_{kernel}_strided_{core.suffix_of(x.dtype)}"
+    suffix = core.suffix_of(x.dtype)
     for launch in rank3_launches(x.shape, x.strides, out.strides, mask_shape, offset):
-        _launch(name, core._strided_chunks(launch), core._strided_args(x, out, launch) + extra)
+        kind, threads = core._row_kernel(launch, x.dtype.itemsize)  # rows or strided, as dropout's
+        _launch(f"fastdrop_{kernel}_{kind}_{suffix}", threads, core._strided_args(x, out, launch) + extra)
 
 
 def alpha_forward(x, out, *, mask_shape, seed, offset, threshold, affine):

@@ -4,13 +4,9 @@
 // Every element with mask index m uses word offset + m of the seed's Philox stream, so results
 // do not depend on the grid, block size or GPU (docs/rng-contract.md, docs/gpu.md).
 #include "select.cuh"
+#include "warp.cuh"
 
 namespace fastdrop {
-
-static const unsigned FULL_WARP = 0xFFFFFFFFu;
-
-// Not min(): its integer overloads come from headers that NVRTC does not always pre-include.
-__device__ __forceinline__ long long smaller(long long a, long long b) { return a < b ? a : b; }
 
 // Contiguous path: each lane owns ELEMENTS consecutive elements, whole Philox blocks' worth
 // (4 per block) and whole 16-byte vectors: 8 x 16-bit or 4 x 32-bit in one uint4, 4 x 64-bit
@@ -69,20 +65,6 @@ __device__ __forceinline__ void store_vector(typename T::raw* target,
         data.w = words[3];
         vectors[v] = data;
     }
-}
-
-// The block held by another lane: lane - delta (up) or lane `delta` itself (broadcast).
-__device__ __forceinline__ u32 shuffle_word(u32 word, int delta, bool up) {
-    return up ? __shfl_up_sync(FULL_WARP, word, delta) : __shfl_sync(FULL_WARP, word, delta);
-}
-
-__device__ __forceinline__ PhiloxBlock shuffle_block(const PhiloxBlock& block, int delta, bool up) {
-    PhiloxBlock result;
-    result.w0 = shuffle_word(block.w0, delta, up);
-    result.w1 = shuffle_word(block.w1, delta, up);
-    result.w2 = shuffle_word(block.w2, delta, up);
-    result.w3 = shuffle_word(block.w3, delta, up);
-    return result;
 }
 
 // Keep flags (bit j for element i0 + j) of one lane in the contiguous path.
@@ -172,26 +154,6 @@ __device__ __forceinline__ void contiguous_pass(const typename T::raw* x, typena
     }
 }
 
-// The word `word` of the stream, for every lane of a warp at once (all 32 lanes must call it).
-// The words must be linear in the lane up to lane `last` (the same for all lanes; lanes past it
-// pass lane 0's word), as along a row. Then the blocks they lie in are consecutive, and where
-// there are at most 32 (a mask stepping by up to four words, or none) each is computed once, by
-// the lane whose index is its distance from the lowest, and handed round by shuffles; otherwise
-// every lane computes its own. Shuffles only, so it compiles for any architecture.
-__device__ __forceinline__ u32 warp_word(u64 word, int lane, int last, u32 key0, u32 key1) {
-    const u64 q = word >> 2;
-    const u64 q_first = __shfl_sync(FULL_WARP, q, 0);
-    const u64 q_last = __shfl_sync(FULL_WARP, q, last);
-    const u64 q_low = q_first < q_last ? q_first : q_last;
-    const u64 span = (q_first < q_last ? q_last : q_first) - q_low;  // the same in every lane
-    if (span < 32) {
-        PhiloxBlock own = {0u, 0u, 0u, 0u};
-        if ((u64)lane <= span) own = philox_block(q_low + (u64)lane, key0, key1);
-        return block_word(shuffle_block(own, (int)(q - q_low), false), (u32)(word & 3));
-    }
-    return block_word(philox_block(q, key0, key1), (u32)(word & 3));
-}
-
 // Rows of 32 elements and more that step by one element in x or y: one rank-3 launch of
 // fastdrop._layout (strides in elements, mask strides in words, any sign), a warp per 32
 // consecutive elements of a row per step, lane l the element first + l, so that loads and stores
@@ -213,19 +175,15 @@ __device__ __forceinline__ void rows_pass(const typename T::raw* x, long long x_
     const long long segments = (size2 + 31) / 32;
     const long long total = size0 * size1 * segments;
     for (long long task = warp; task < total; task += warps) {  // the same tasks for all lanes
-        const long long row = task / segments;
-        const long long first = (task - row * segments) * 32;
-        const long long i0 = row / size1;
-        const long long i1 = row - i0 * size1;
-        const bool valid = first + lane < size2;
-        const long long i2 = valid ? first + lane : first;  // past the row: lane 0's element
-        const int last = (int)smaller(31LL, size2 - 1 - first);  // the row's last lane
-        const u64 word = word_offset + (u64)(i0 * m0 + i1 * m1) + (u64)(i2 * m2);
+        const RowStep step = row_step(task, segments, size1, size2, lane);
+        const long long first = step.first, i0 = step.i0, i1 = step.i1, i2 = step.i2;
+        const bool valid = step.valid;
+        const u64 word = word_offset + ((u64)i0 * (u64)m0 + (u64)i1 * (u64)m1) + (u64)i2 * (u64)m2;
         bool keep;
         if (FROM_BITS) {
             keep = valid && ((bits[word >> 3] >> (word & 7)) & 1u);
         } else {
-            const u32 drawn = warp_word(word, lane, last, key0, key1);  // every lane: it shuffles
+            const u32 drawn = warp_word(word, lane, step.last, key0, key1);  // every lane shuffles
             keep = valid && keeps(drawn, threshold);
         }
         if (valid) {
@@ -265,7 +223,7 @@ __device__ __forceinline__ void strided_pass(const typename T::raw* x, long long
         const long long i1 = row - i0 * size1;
         const typename T::raw* x_row = x + x_start + i0 * x0 + i1 * x1;
         typename T::raw* y_row = y + y_start + i0 * y0 + i1 * y1;
-        const u64 row_word = word_offset + (u64)(i0 * m0 + i1 * m1);
+        const u64 row_word = word_offset + ((u64)i0 * (u64)m0 + (u64)i1 * (u64)m1);
         u64 cached_q = ~0ull;
         PhiloxBlock block = {0u, 0u, 0u, 0u};
         u32 flags = 0;
@@ -273,7 +231,7 @@ __device__ __forceinline__ void strided_pass(const typename T::raw* x, long long
 #pragma unroll 1
         for (int j = 0; j < count; ++j) {
             const long long i2 = first + j;
-            const u64 word = row_word + (u64)(i2 * m2);
+            const u64 word = row_word + (u64)i2 * (u64)m2;
             bool keep;
             if (FROM_BITS) {
                 keep = (bits[word >> 3] >> (word & 7)) & 1u;

@@ -234,9 +234,9 @@ FASTDROP_HD typename Compute<T>::type gaussian_multiplier(double sigma, double z
 // (tests/cuda_emulator/emulation.hpp).
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__) || defined(FASTDROP_CUDA_EMULATION)
 
-namespace fastdrop {
+#include "warp.cuh"
 
-__device__ __forceinline__ long long smaller_of(long long a, long long b) { return a < b ? a : b; }
+namespace fastdrop {
 
 // One rank-3 launch of fastdrop._layout (strides in elements, mask strides in words): a thread
 // takes 8 consecutive elements of a row and reuses a Philox block while they stay inside it.
@@ -266,18 +266,18 @@ __device__ __forceinline__ void variant_rows(const typename T::raw* x, long long
         const long long i1 = row - i0 * size1;
         const typename T::raw* x_row = x + x_start + i0 * x0 + i1 * x1;
         typename T::raw* y_row = y + y_start + i0 * y0 + i1 * y1;
-        const u64 row_word = word_offset + (u64)(i0 * m0 + i1 * m1);
+        const u64 row_word = word_offset + ((u64)i0 * (u64)m0 + (u64)i1 * (u64)m1);
         u64 cached_q = ~0ull;
         PhiloxBlock block = {0u, 0u, 0u, 0u};
         typename C::type multiplier = (typename C::type)1;
         // Gaussian: the pair last computed (element words 2 k and 2 k + 1 share one Box-Muller).
         u64 cached_pair = ~0ull;
         NormalPair normals = {0.0, 0.0};
-        const int count = (int)smaller_of(8LL, size2 - first);
+        const int count = (int)smaller(8LL, size2 - first);
 #pragma unroll 1
         for (int j = 0; j < count; ++j) {
             const long long i2 = first + j;
-            const u64 word = row_word + (u64)(i2 * m2);
+            const u64 word = row_word + (u64)i2 * (u64)m2;
             const bool fresh = (word >> 2) != cached_q;
             if (fresh) {
                 cached_q = word >> 2;
@@ -299,6 +299,48 @@ __device__ __forceinline__ void variant_rows(const typename T::raw* x, long long
                 y_row[i2 * y2] = C::store(C::multiply(C::load(x_row[i2 * x2]), multiplier));
             }
         }
+    }
+}
+
+// variant_rows for rows of 32 elements and more that step by one element in x or y (the host
+// chooses, as for dropout.cu's rows kernels): a warp per 32 consecutive elements of a row, lane
+// l the element first + l, so loads and stores are coalesced; blocks from warp_block. Gaussian:
+// both lanes of a word pair compute its Box-Muller (the thread-per-8 kernel computes it once).
+template <class T, int OP>
+__device__ __forceinline__ void variant_rows_warp(const typename T::raw* x, long long x_start,
+                                                  typename T::raw* y, long long y_start,
+                                                  long long size0, long long size1,
+                                                  long long size2, long long x0, long long x1,
+                                                  long long x2, long long y0, long long y1,
+                                                  long long y2, u64 word_offset, long long m0,
+                                                  long long m1, long long m2, u32 key0, u32 key1,
+                                                  u64 threshold, typename Compute<T>::type a,
+                                                  typename Compute<T>::type shift,
+                                                  typename Compute<T>::type dropped,
+                                                  double sigma) {
+    typedef Compute<T> C;
+    const int lane = threadIdx.x & 31;
+    const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const long long warps = ((long long)gridDim.x * blockDim.x) >> 5;
+    const long long segments = (size2 + 31) / 32;
+    const long long total = size0 * size1 * segments;
+    for (long long task = warp; task < total; task += warps) {  // the same tasks for all lanes
+        const RowStep step = row_step(task, segments, size1, size2, lane);
+        const u64 word = word_offset + ((u64)step.i0 * (u64)m0 + (u64)step.i1 * (u64)m1) + (u64)step.i2 * (u64)m2;
+        const PhiloxBlock block = warp_block(word, lane, step.last, key0, key1);  // every lane
+        if (!step.valid) continue;
+        const typename T::raw value = x[x_start + step.i0 * x0 + step.i1 * x1 + step.i2 * x2];
+        typename T::raw result;
+        if (OP == ALPHA) {
+            result = alpha_select<T>(value, keeps(block_word(block, (u32)(word & 3)), threshold), a,
+                                     shift, dropped);
+        } else {
+            const NormalPair normals = normal_pair_of(block, word);
+            const typename C::type multiplier =
+                gaussian_multiplier<T>(sigma, (word & 1ull) != 0 ? normals.odd : normals.even);
+            result = C::store(C::multiply(C::load(value), multiplier));
+        }
+        y[y_start + step.i0 * y0 + step.i1 * y1 + step.i2 * y2] = result;
     }
 }
 
@@ -362,17 +404,21 @@ using namespace fastdrop;
 
 #define FASTDROP_VARIANT_KERNEL extern "C" __global__ void __launch_bounds__(256, 4)
 
-#define FASTDROP_VARIANT_ROWS(NAME, T, OP, SUFFIX)                                                 \
-    FASTDROP_VARIANT_KERNEL fastdrop_##NAME##_strided_##SUFFIX(                                    \
+// KIND strided: variant_rows (a thread per 8 elements); KIND rows: variant_rows_warp.
+#define FASTDROP_VARIANT_ROWS_KIND(NAME, T, OP, SUFFIX, KIND, PASS)                                \
+    FASTDROP_VARIANT_KERNEL fastdrop_##NAME##_##KIND##_##SUFFIX(                                   \
         const T::raw* x, long long x_start, T::raw* y, long long y_start, long long size0,         \
         long long size1, long long size2, long long x0, long long x1, long long x2,                \
         long long y0, long long y1, long long y2, u64 word_offset, long long m0, long long m1,     \
         long long m2, u32 key0, u32 key1, u64 threshold, Compute<T>::type a,                       \
         Compute<T>::type shift, Compute<T>::type dropped, double sigma) {                          \
-        variant_rows<T, OP>(x, x_start, y, y_start, size0, size1, size2, x0, x1, x2, y0, y1, y2,   \
-                            word_offset, m0, m1, m2, key0, key1, threshold, a, shift, dropped,     \
-                            sigma);                                                                \
+        PASS<T, OP>(x, x_start, y, y_start, size0, size1, size2, x0, x1, x2, y0, y1, y2,           \
+                    word_offset, m0, m1, m2, key0, key1, threshold, a, shift, dropped, sigma);     \
     }
+
+#define FASTDROP_VARIANT_ROWS(NAME, T, OP, SUFFIX)                                                 \
+    FASTDROP_VARIANT_ROWS_KIND(NAME, T, OP, SUFFIX, strided, variant_rows)                         \
+    FASTDROP_VARIANT_ROWS_KIND(NAME, T, OP, SUFFIX, rows, variant_rows_warp)
 
 #define FASTDROP_BIAS_DROPOUT_ADD(T, SUFFIX, HAS_BIAS, VECTOR, NAME)                               \
     FASTDROP_VARIANT_KERNEL fastdrop_bias_dropout_add_##NAME##_##SUFFIX(                           \

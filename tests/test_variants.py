@@ -583,7 +583,7 @@ def test_variant_kernels_compile_without_spills(arch, tmp_path):
     assert result.returncode == 0, result.stderr
     names = set(re.findall(r"Compiling entry function '(\w+)'", result.stderr))
     for suffix in ("f16", "bf16", "f32", "f64"):
-        for kind in ("alpha_strided", "gaussian_strided", "bias_dropout_add_bias_vector",
+        for kind in ("alpha_strided", "gaussian_strided", "alpha_rows", "gaussian_rows", "bias_dropout_add_bias_vector",
                      "bias_dropout_add_vector", "bias_dropout_add_bias_strided", "bias_dropout_add_strided"):
             assert f"fastdrop_{kind}_{suffix}" in names
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", result.stderr)
