@@ -162,13 +162,13 @@ __device__ __forceinline__ void contiguous_pass(const typename T::raw* x, typena
 // (the caller guarantees it): a ballot gives each step's four bytes. FROM_BITS reads bit `word`.
 template <class T, bool FROM_BITS>
 __device__ __forceinline__ void rows_pass(const typename T::raw* x, long long x_start,
-                                             typename T::raw* y, long long y_start,
-                                             long long size0, long long size1, long long size2,
-                                             long long x0, long long x1, long long x2,
-                                             long long y0, long long y1, long long y2,
-                                             u64 word_offset, long long m0, long long m1,
-                                             long long m2, u32 key0, u32 key1, u64 threshold,
-                                             typename T::scale_type scale, unsigned char* bits) {
+                                         typename T::raw* y, long long y_start,
+                                         long long size0, long long size1, long long size2,
+                                         long long x0, long long x1, long long x2,
+                                         long long y0, long long y1, long long y2,
+                                         u64 word_offset, long long m0, long long m1,
+                                         long long m2, u32 key0, u32 key1, u64 threshold,
+                                         typename T::scale_type scale, unsigned char* bits) {
     const int lane = threadIdx.x & 31;
     const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const long long warps = ((long long)gridDim.x * blockDim.x) >> 5;
