@@ -8,16 +8,14 @@ See ``docs/gpu.md`` for the launch configuration.
 
 from __future__ import annotations
 
-import importlib.resources
 import math
-import re
 import threading
-from pathlib import Path
 
 import cupy
 import numpy as np
 
 from fastdrop._contract import philox_key
+from fastdrop._kernel_source import assemble_source
 from fastdrop._layout import rank3_launches
 
 #: Threads per block; the kernels' __launch_bounds__ assume exactly this.
@@ -38,7 +36,6 @@ _SUFFIXES = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": 
 _suffix_of_dtype: dict = {}
 #: Elements per lane in the contiguous kernels, by itemsize (one or two 16-byte vectors).
 _ELEMENTS_PER_LANE = {2: 8, 4: 4, 8: 4}
-_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 
 _lock = threading.Lock()
 _modules: dict[tuple[int, str], cupy.RawModule] = {}  # (device, source file)
@@ -80,38 +77,6 @@ def zeros(n: int, dtype):
 
 
 # --- kernel source and compilation -------------------------------------------------------------
-
-
-def _kernel_directory():
-    """The kernels folder: package data when installed, the checkout's kernels/ otherwise."""
-    try:
-        return importlib.resources.files("fastdrop.kernels")
-    except ModuleNotFoundError:  # running from a checkout without installing (bench/gpu_check.py)
-        return Path(__file__).resolve().parent.parent / "kernels"
-
-
-def assemble_source(directory=None, name: str = _KERNEL_SOURCE, _seen=None) -> str:
-    """The kernel source with local ``#include "..."`` files inlined.
-
-    NVRTC gets one string; ``#line`` directives carry the real file names and line numbers, so
-    compiler errors point at kernels/*.cu(h) rather than at a temporary file.
-    """
-    directory = _kernel_directory() if directory is None else directory
-    seen = set() if _seen is None else _seen
-    resource = directory / name
-    path = str(resource).replace("\\", "/")
-    lines = [f'#line 1 "{path}"']
-    for number, line in enumerate(resource.read_text(encoding="utf-8").splitlines(), start=1):
-        match = _INCLUDE.match(line)
-        if match is None:
-            # Inlined headers are no longer separate files: their guard would only warn.
-            lines.append("" if line.strip() == "#pragma once" else line)
-            continue
-        if match[1] not in seen:
-            seen.add(match[1])
-            lines.append(assemble_source(directory, match[1], seen))
-        lines.append(f'#line {number + 1} "{path}"')
-    return "\n".join(lines) + "\n"
 
 
 def require_gpu() -> int:
