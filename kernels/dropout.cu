@@ -178,7 +178,7 @@ __device__ __forceinline__ void rows_pass(const typename T::raw* x, long long x_
         const RowStep step = row_step(task, segments, size1, size2, lane);
         const long long first = step.first, i0 = step.i0, i1 = step.i1, i2 = step.i2;
         const bool valid = step.valid;
-        const u64 word = word_offset + ((u64)i0 * (u64)m0 + (u64)i1 * (u64)m1) + (u64)i2 * (u64)m2;
+        const u64 word = step_word(step, word_offset, m0, m1, m2);
         bool keep;
         if (FROM_BITS) {
             keep = valid && ((bits[word >> 3] >> (word & 7)) & 1u);

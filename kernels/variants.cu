@@ -326,7 +326,7 @@ __device__ __forceinline__ void variant_rows_warp(const typename T::raw* x, long
     const long long total = size0 * size1 * segments;
     for (long long task = warp; task < total; task += warps) {  // the same tasks for all lanes
         const RowStep step = row_step(task, segments, size1, size2, lane);
-        const u64 word = word_offset + ((u64)step.i0 * (u64)m0 + (u64)step.i1 * (u64)m1) + (u64)step.i2 * (u64)m2;
+        const u64 word = step_word(step, word_offset, m0, m1, m2);
         const PhiloxBlock block = warp_block(word, lane, step.last, key0, key1);  // every lane
         if (!step.valid) continue;
         const typename T::raw value = x[x_start + step.i0 * x0 + step.i1 * x1 + step.i2 * x2];

@@ -76,4 +76,11 @@ __device__ __forceinline__ RowStep row_step(long long task, long long segments, 
     return step;
 }
 
+// The word of a lane's element: word_offset + i0 m0 + i1 m1 + i2 m2 (unsigned products: mask
+// strides may be negative, and signed overflow would be undefined).
+__device__ __forceinline__ u64 step_word(const RowStep& step, u64 word_offset, long long m0,
+                                         long long m1, long long m2) {
+    return word_offset + (u64)step.i0 * (u64)m0 + (u64)step.i1 * (u64)m1 + (u64)step.i2 * (u64)m2;
+}
+
 }  // namespace fastdrop
