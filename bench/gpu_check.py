@@ -14,7 +14,8 @@ to back after warm-up, so at small sizes it includes the Python call); GB/s coun
 dropout must move: the input read once and the output written once (bias-dropout-add: x and the
 residual read, y written, and its bias row), and "of copy" is GB/s over the copy's GB/s. Besides
 the forward (offsets 0 and 3) and backward: a channel mask (rows of 256 share a draw) and a view
-one element into its allocation (the rows kernels), and bias-dropout-add (rows of 1024). Writes
+one element into its allocation (the rows kernels), feature maps stored channels last (64
+channels, the columns kernels), and bias-dropout-add (rows of 1024). Writes
 the same numbers as JSON (default $OUT/gpu_check.json when OUT is set, else
 out/gpu_check.json), rewritten after
 every row, so a crash or a time-out still leaves everything measured until then. A failing test
@@ -193,6 +194,14 @@ def measure(dtype_name: str, log2_n: int, repeats: int, calls: int | None = None
         timed("fastdrop forward, one element in",
               lambda: fastdrop.dropout(shifted[1:], P, seed=SEED, out=y), cupy_events)
         del shifted
+        # The columns kernels: feature maps (N, C, H*W) stored channels last, C = 64 fastest.
+        channels = min(n, 64)
+        spatial = min(n // channels, 256)
+        maps = x.reshape(-1, spatial, channels).transpose(0, 2, 1)
+        maps_out = y.reshape(-1, spatial, channels).transpose(0, 2, 1)
+        timed("fastdrop forward, channels last",
+              lambda: fastdrop.dropout(maps, P, seed=SEED, out=maps_out), cupy_events)
+        del maps, maps_out
         # Bias-dropout-add (issue 3): reads x and the residual, writes y (and a row of bias).
         width = min(n, 1024)
         matrix, residual, out = x.reshape(-1, width), dy.reshape(-1, width), y.reshape(-1, width)

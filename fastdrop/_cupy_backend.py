@@ -26,7 +26,8 @@ BLOCKS_PER_SM = 64
 #: walk at least this many tiles each (see kernels/dropout.cu, contiguous_flags).
 MIN_TILES_PER_WARP = 4
 #: Rows at least this long that step by one element in x or out take the rows kernels (a warp
-#: per 32 elements of a row, coalesced); the others the strided kernels (a thread per 8).
+#: per 32 elements of a row, coalesced); the others the columns or strided kernels (a thread per
+#: 8, see _row_kernel).
 LONG_ROW = 32
 
 _KERNEL_SOURCE = "dropout.cu"
@@ -198,7 +199,7 @@ def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
         and launches[0].shape[2] == n_mask
     )
     for launch in launches:
-        kind, threads = _row_kernel(launch, x.dtype.itemsize)
+        kind, threads, launch = _row_kernel(launch, x.dtype.itemsize)
         _launch(
             f"fastdrop_forward_{kind}_{suffix}", threads,
             _strided_args(x, out, launch)
@@ -228,7 +229,7 @@ def apply_bits(dy, out, *, mask_shape, bits, scale):
         return
     # With word offset 0 a launch's word index is the mask's flat index: the bit to read.
     for launch in rank3_launches(dy.shape, dy.strides, out.strides, mask_shape, 0):
-        kind, threads = _row_kernel(launch, dy.dtype.itemsize)
+        kind, threads, launch = _row_kernel(launch, dy.dtype.itemsize)
         _launch(
             f"fastdrop_apply_bits_{kind}_{suffix}", threads,
             _strided_args(dy, out, launch) + (bits, scale_value),
@@ -257,21 +258,41 @@ def keep_flags(out, *, seed, offset, threshold):
 # --- strided launches ---------------------------------------------------------------------------
 
 
-def _strided_chunks(launch) -> int:
-    """Threads of the thread-per-8 ('strided') kernels: one per 8 elements of a row."""
+def _row_kernel(launch, itemsize: int):
+    """The core kernels for a rank-3 launch and their threads, as ``(kind, threads, launch)``.
+
+    'rows' (a warp per 32 elements of a row) where rows are long and step by one element in x or
+    out: lanes take consecutive elements. Else a thread per 8 elements of a row: 'columns' where
+    an outer axis steps by one element in x or out (a transposed or channels-last view; that axis
+    is made axis 1, which changes no element's word), so that lanes take consecutive rows, and
+    'strided' for the rest.
+    """
     size0, size1, size2 = launch.shape
-    return size0 * size1 * -(-size2 // 8)
+    threads = size0 * size1 * -(-size2 // 8)
+    if size2 >= LONG_ROW and _unit_axis(launch, itemsize, 2):
+        return "rows", size0 * size1 * 32 * -(-size2 // 32), launch
+    if size1 > 1 and _unit_axis(launch, itemsize, 1):
+        return "columns", threads, launch
+    if size0 > 1 and _unit_axis(launch, itemsize, 0):
+        return "columns", threads, _swap_outer_axes(launch)
+    return "strided", threads, launch
 
 
-def _row_kernel(launch, itemsize: int) -> tuple[str, int]:
-    """The core kernels for a rank-3 launch ('rows' or 'strided') and their threads: a warp per
-    32 elements of a row where rows are long and step by one element in x or out (lanes then
-    take consecutive elements), else a thread per 8 elements."""
-    size0, size1, size2 = launch.shape
-    unit = itemsize in (abs(launch.x_strides[2]), abs(launch.out_strides[2]))
-    if size2 >= LONG_ROW and unit:
-        return "rows", size0 * size1 * 32 * -(-size2 // 32)
-    return "strided", _strided_chunks(launch)
+def _unit_axis(launch, itemsize: int, axis: int) -> bool:
+    """Whether the launch's ``axis`` steps by one element (either way) in x or out."""
+    return itemsize in (abs(launch.x_strides[axis]), abs(launch.out_strides[axis]))
+
+
+def _swap_outer_axes(launch):
+    """The same launch with axes 0 and 1 exchanged (in shape and every stride set)."""
+
+    def swap(values):
+        return (values[1], values[0], values[2])
+
+    return launch._replace(
+        shape=swap(launch.shape), x_strides=swap(launch.x_strides),
+        out_strides=swap(launch.out_strides), mask_strides=swap(launch.mask_strides),
+    )
 
 
 def _strided_args(x, out, launch):

@@ -31,7 +31,7 @@ def _rows(kernel: str, x, out, mask_shape, offset, extra) -> None:
         return
     suffix = core.suffix_of(x.dtype)
     for launch in rank3_launches(x.shape, x.strides, out.strides, mask_shape, offset):
-        kind, threads = core._row_kernel(launch, x.dtype.itemsize)  # rows or strided, as dropout's
+        kind, threads, launch = core._row_kernel(launch, x.dtype.itemsize)  # as dropout's
         _launch(f"fastdrop_{kernel}_{kind}_{suffix}", threads, core._strided_args(x, out, launch) + extra)
 
 

@@ -160,7 +160,8 @@ __device__ __forceinline__ void contiguous_pass(const typename T::raw* x, typena
 // are coalesced (tests/cuda_emulator/check_coalescing.py); the Philox blocks come from
 // warp_word. Fused bits (forward) only for a single row whose mask index is its element index
 // (the caller guarantees it): a ballot gives each step's four bytes. FROM_BITS reads bit `word`.
-template <class T, bool FROM_BITS>
+// ACROSS is strided_pass's, and false here: the warps of rows_pass always walk along a row.
+template <class T, bool FROM_BITS, bool ACROSS>
 __device__ __forceinline__ void rows_pass(const typename T::raw* x, long long x_start,
                                          typename T::raw* y, long long y_start,
                                          long long size0, long long size1, long long size2,
@@ -169,6 +170,7 @@ __device__ __forceinline__ void rows_pass(const typename T::raw* x, long long x_
                                          u64 word_offset, long long m0, long long m1,
                                          long long m2, u32 key0, u32 key1, u64 threshold,
                                          typename T::scale_type scale, unsigned char* bits) {
+    static_assert(!ACROSS, "rows_pass walks along rows");
     const int lane = threadIdx.x & 31;
     const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const long long warps = ((long long)gridDim.x * blockDim.x) >> 5;
@@ -202,8 +204,10 @@ __device__ __forceinline__ void rows_pass(const typename T::raw* x, long long x_
 // General path, for the other rank-3 launches (rows shorter than 32 elements, where a warp per
 // 32 would leave most lanes idle, or stepping by more than one element in both x and y): a
 // thread takes 8 consecutive elements of a row and reuses a Philox block while consecutive
-// elements stay inside it. Same arguments and bits as rows_pass.
-template <class T, bool FROM_BITS>
+// elements stay inside it. ACROSS (the columns kernels, for launches whose axis 1 steps by one
+// element in x or y): a warp's lanes take consecutive rows (see chunk_step), so each of their
+// steps is one coalesced request. Same arguments and bits as rows_pass.
+template <class T, bool FROM_BITS, bool ACROSS>
 __device__ __forceinline__ void strided_pass(const typename T::raw* x, long long x_start,
                                              typename T::raw* y, long long y_start,
                                              long long size0, long long size1, long long size2,
@@ -217,10 +221,8 @@ __device__ __forceinline__ void strided_pass(const typename T::raw* x, long long
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long chunk = (long long)blockIdx.x * blockDim.x + threadIdx.x; chunk < total;
          chunk += stride) {
-        const long long row = chunk / chunks;
-        const long long first = (chunk - row * chunks) * 8;
-        const long long i0 = row / size1;
-        const long long i1 = row - i0 * size1;
+        const ChunkStep step = chunk_step<ACROSS>(chunk, chunks, size0, size1);
+        const long long i0 = step.i0, i1 = step.i1, first = step.first;
         const typename T::raw* x_row = x + x_start + i0 * x0 + i1 * x1;
         typename T::raw* y_row = y + y_start + i0 * y0 + i1 * y1;
         const u64 row_word = word_offset + ((u64)i0 * (u64)m0 + (u64)i1 * (u64)m1);
@@ -266,26 +268,26 @@ using namespace fastdrop;
         contiguous_pass<T, R, false>(x, y, n, offset, key0, key1, threshold, scale, bits);        \
     }
 
-// The forward and apply-bits kernels of one rank-3 row layout (PASS: rows_pass or
-// strided_pass), named fastdrop_forward_KIND_NAME and fastdrop_apply_bits_KIND_NAME.
-#define FASTDROP_STRIDED_KERNELS(NAME, T, KIND, PASS)                                              \
+// The forward and apply-bits kernels of one rank-3 row layout (PASS: rows_pass or strided_pass,
+// with its ACROSS), named fastdrop_forward_KIND_NAME and fastdrop_apply_bits_KIND_NAME.
+#define FASTDROP_STRIDED_KERNELS(NAME, T, KIND, PASS, ACROSS)                                      \
     FASTDROP_KERNEL_WIDE fastdrop_forward_##KIND##_##NAME(                                         \
         const T::raw* x, long long x_start, T::raw* y, long long y_start, long long size0,         \
         long long size1, long long size2, long long x0, long long x1, long long x2,                \
         long long y0, long long y1, long long y2, u64 word_offset, long long m0, long long m1,     \
         long long m2, u32 key0, u32 key1, u64 threshold, T::scale_type scale,                      \
         unsigned char* bits) {                                                                     \
-        PASS<T, false>(x, x_start, y, y_start, size0, size1, size2, x0, x1, x2, y0, y1, y2,        \
-                       word_offset, m0, m1, m2, key0, key1, threshold, scale, bits);               \
+        PASS<T, false, ACROSS>(x, x_start, y, y_start, size0, size1, size2, x0, x1, x2, y0, y1,    \
+                               y2, word_offset, m0, m1, m2, key0, key1, threshold, scale, bits);   \
     }                                                                                              \
     FASTDROP_KERNEL fastdrop_apply_bits_##KIND##_##NAME(                                           \
         const T::raw* x, long long x_start, T::raw* y, long long y_start, long long size0,         \
         long long size1, long long size2, long long x0, long long x1, long long x2,                \
         long long y0, long long y1, long long y2, u64 word_offset, long long m0, long long m1,     \
         long long m2, const unsigned char* bits, T::scale_type scale) {                            \
-        PASS<T, true>(x, x_start, y, y_start, size0, size1, size2, x0, x1, x2, y0, y1, y2,         \
-                      word_offset, m0, m1, m2, 0u, 0u, 0ull, scale,                                \
-                      const_cast<unsigned char*>(bits));                                           \
+        PASS<T, true, ACROSS>(x, x_start, y, y_start, size0, size1, size2, x0, x1, x2, y0, y1, y2, \
+                              word_offset, m0, m1, m2, 0u, 0u, 0ull, scale,                        \
+                              const_cast<unsigned char*>(bits));                                   \
     }
 
 #define FASTDROP_DTYPE_KERNELS(NAME, T)                                                            \
@@ -299,8 +301,9 @@ using namespace fastdrop;
         contiguous_pass<T, 0, true>(x, y, n, 0ull, 0u, 0u, 0ull, scale,                            \
                                     const_cast<unsigned char*>(bits));                             \
     }                                                                                              \
-    FASTDROP_STRIDED_KERNELS(NAME, T, rows, rows_pass)                                             \
-    FASTDROP_STRIDED_KERNELS(NAME, T, strided, strided_pass)
+    FASTDROP_STRIDED_KERNELS(NAME, T, rows, rows_pass, false)                                      \
+    FASTDROP_STRIDED_KERNELS(NAME, T, strided, strided_pass, false)                                \
+    FASTDROP_STRIDED_KERNELS(NAME, T, columns, strided_pass, true)
 
 FASTDROP_DTYPE_KERNELS(f16, Float16)
 FASTDROP_DTYPE_KERNELS(bf16, BFloat16)

@@ -240,10 +240,11 @@ namespace fastdrop {
 
 // One rank-3 launch of fastdrop._layout (strides in elements, mask strides in words): a thread
 // takes 8 consecutive elements of a row and reuses a Philox block while they stay inside it.
-// OP is ALPHA (keep test, affine) or GAUSSIAN (multiplier from the element's word pair).
+// OP is ALPHA (keep test, affine) or GAUSSIAN (multiplier from the element's word pair). ACROSS
+// as in dropout.cu's strided_pass: a warp's lanes take consecutive rows (the columns kernels).
 enum Operation { ALPHA = 0, GAUSSIAN = 1 };
 
-template <class T, int OP>
+template <class T, int OP, bool ACROSS>
 __device__ __forceinline__ void variant_rows(const typename T::raw* x, long long x_start,
                                              typename T::raw* y, long long y_start,
                                              long long size0, long long size1, long long size2,
@@ -260,10 +261,8 @@ __device__ __forceinline__ void variant_rows(const typename T::raw* x, long long
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long chunk = (long long)blockIdx.x * blockDim.x + threadIdx.x; chunk < total;
          chunk += stride) {
-        const long long row = chunk / chunks;
-        const long long first = (chunk - row * chunks) * 8;
-        const long long i0 = row / size1;
-        const long long i1 = row - i0 * size1;
+        const ChunkStep step = chunk_step<ACROSS>(chunk, chunks, size0, size1);
+        const long long i0 = step.i0, i1 = step.i1, first = step.first;
         const typename T::raw* x_row = x + x_start + i0 * x0 + i1 * x1;
         typename T::raw* y_row = y + y_start + i0 * y0 + i1 * y1;
         const u64 row_word = word_offset + ((u64)i0 * (u64)m0 + (u64)i1 * (u64)m1);
@@ -306,7 +305,8 @@ __device__ __forceinline__ void variant_rows(const typename T::raw* x, long long
 // chooses, as for dropout.cu's rows kernels): a warp per 32 consecutive elements of a row, lane
 // l the element first + l, so loads and stores are coalesced; blocks from warp_block. Gaussian:
 // both lanes of a word pair compute its Box-Muller (the thread-per-8 kernel computes it once).
-template <class T, int OP>
+// ACROSS is variant_rows's, and false here.
+template <class T, int OP, bool ACROSS>
 __device__ __forceinline__ void variant_rows_warp(const typename T::raw* x, long long x_start,
                                                   typename T::raw* y, long long y_start,
                                                   long long size0, long long size1,
@@ -318,6 +318,7 @@ __device__ __forceinline__ void variant_rows_warp(const typename T::raw* x, long
                                                   typename Compute<T>::type shift,
                                                   typename Compute<T>::type dropped,
                                                   double sigma) {
+    static_assert(!ACROSS, "variant_rows_warp walks along rows");
     typedef Compute<T> C;
     const int lane = threadIdx.x & 31;
     const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
@@ -404,21 +405,24 @@ using namespace fastdrop;
 
 #define FASTDROP_VARIANT_KERNEL extern "C" __global__ void __launch_bounds__(256, 4)
 
-// KIND strided: variant_rows (a thread per 8 elements); KIND rows: variant_rows_warp.
-#define FASTDROP_VARIANT_ROWS_KIND(NAME, T, OP, SUFFIX, KIND, PASS)                                \
+// KIND strided and columns: variant_rows (a thread per 8 elements, along or across rows); KIND
+// rows: variant_rows_warp.
+#define FASTDROP_VARIANT_ROWS_KIND(NAME, T, OP, SUFFIX, KIND, PASS, ACROSS)                        \
     FASTDROP_VARIANT_KERNEL fastdrop_##NAME##_##KIND##_##SUFFIX(                                   \
         const T::raw* x, long long x_start, T::raw* y, long long y_start, long long size0,         \
         long long size1, long long size2, long long x0, long long x1, long long x2,                \
         long long y0, long long y1, long long y2, u64 word_offset, long long m0, long long m1,     \
         long long m2, u32 key0, u32 key1, u64 threshold, Compute<T>::type a,                       \
         Compute<T>::type shift, Compute<T>::type dropped, double sigma) {                          \
-        PASS<T, OP>(x, x_start, y, y_start, size0, size1, size2, x0, x1, x2, y0, y1, y2,           \
-                    word_offset, m0, m1, m2, key0, key1, threshold, a, shift, dropped, sigma);     \
+        PASS<T, OP, ACROSS>(x, x_start, y, y_start, size0, size1, size2, x0, x1, x2, y0, y1, y2,   \
+                            word_offset, m0, m1, m2, key0, key1, threshold, a, shift, dropped,     \
+                            sigma);                                                                \
     }
 
 #define FASTDROP_VARIANT_ROWS(NAME, T, OP, SUFFIX)                                                 \
-    FASTDROP_VARIANT_ROWS_KIND(NAME, T, OP, SUFFIX, strided, variant_rows)                         \
-    FASTDROP_VARIANT_ROWS_KIND(NAME, T, OP, SUFFIX, rows, variant_rows_warp)
+    FASTDROP_VARIANT_ROWS_KIND(NAME, T, OP, SUFFIX, strided, variant_rows, false)                  \
+    FASTDROP_VARIANT_ROWS_KIND(NAME, T, OP, SUFFIX, columns, variant_rows, true)                   \
+    FASTDROP_VARIANT_ROWS_KIND(NAME, T, OP, SUFFIX, rows, variant_rows_warp, false)
 
 #define FASTDROP_BIAS_DROPOUT_ADD(T, SUFFIX, HAS_BIAS, VECTOR, NAME)                               \
     FASTDROP_VARIANT_KERNEL fastdrop_bias_dropout_add_##NAME##_##SUFFIX(                           \

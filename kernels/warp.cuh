@@ -1,6 +1,7 @@
-// Warp-level helpers of the CUDA kernels: shuffles of Philox blocks, and the blocks of a warp
-// whose 32 lanes take consecutive elements of a row (dropout.cu's and variants.cu's rows
-// kernels). Device code only: shuffles and nothing newer, so it compiles for sm_75 on.
+// Layout helpers of the CUDA kernels of rank-3 launches (dropout.cu's and variants.cu's): shuffles
+// of Philox blocks and the blocks of a warp whose 32 lanes take consecutive elements of a row
+// (the rows kernels), and where a thread of the thread-per-8 kernels (strided, columns) stands.
+// Device code only: shuffles and nothing newer, so it compiles for sm_75 on.
 #pragma once
 
 #include "philox.cuh"
@@ -81,6 +82,34 @@ __device__ __forceinline__ RowStep row_step(long long task, long long segments, 
 __device__ __forceinline__ u64 step_word(const RowStep& step, u64 word_offset, long long m0,
                                          long long m1, long long m2) {
     return word_offset + (u64)step.i0 * (u64)m0 + (u64)step.i1 * (u64)m1 + (u64)step.i2 * (u64)m2;
+}
+
+// Where a thread of a thread-per-8 kernel stands: elements first .. first + 7 of row (i0, i1).
+// ACROSS false (strided kernels): consecutive tasks take consecutive chunks of one row. ACROSS
+// true (columns kernels): consecutive tasks take the same chunk of consecutive rows, i1 fastest,
+// so where axis 1 steps by one element (a transposed or channels-last view) a warp's lanes touch
+// consecutive elements at each of their steps along the row.
+struct ChunkStep {
+    long long i0, i1, first;
+};
+
+template <bool ACROSS>
+__device__ __forceinline__ ChunkStep chunk_step(long long task, long long chunks, long long size0,
+                                                long long size1) {
+    long long row;
+    ChunkStep step;
+    if (ACROSS) {
+        const long long rows = size0 * size1;
+        const long long column = task / rows;
+        row = task - column * rows;
+        step.first = column * 8;
+    } else {
+        row = task / chunks;
+        step.first = (task - row * chunks) * 8;
+    }
+    step.i0 = row / size1;
+    step.i1 = row - step.i0 * size1;
+    return step;
 }
 
 }  // namespace fastdrop

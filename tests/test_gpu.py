@@ -119,6 +119,11 @@ CASES = [
     ("aligned-rows", (9, 64), lambda a: a[2:], None),
     ("reversed", (1001,), lambda a: a[::-1], None),
     ("strided-mask", (12, 40), lambda a: a[:, ::3], (12, 1)),
+    # Outer axes that step by one element: the columns kernels (lanes across rows).
+    ("transposed-reversed", (37, 41), lambda a: a.T[::-1], None),
+    ("channels-last", (2, 5, 7, 40), lambda a: a.transpose(0, 3, 1, 2), None),
+    ("channels-last-mask", (2, 5, 7, 40), lambda a: a.transpose(0, 3, 1, 2), (2, 40, 1, 1)),
+    ("first-axis-unit", (7, 6, 40), lambda a: a.transpose(2, 1, 0), None),
 ]
 OFFSETS = [0, 1, 2, 3, 2**32 - 3, 2**62 + 1]
 DTYPES = ["float16", "bfloat16", "float32", "float64"]

@@ -134,6 +134,30 @@ def test_gaussian_matches_reference(xp, p, offset):
             assert_bitwise_equal(fastdrop.gaussian_dropout_backward(x, noise), expected)
 
 
+# Views whose fast axis is an outer one (the CUDA columns kernels), a reversed one, a strided one.
+VARIANT_LAYOUTS = [
+    ("transposed", (37, 41), lambda a: a.T, None),
+    ("transposed-reversed", (37, 41), lambda a: a.T[::-1], (41, 1)),
+    ("channels-last", (2, 5, 3, 40), lambda a: a.transpose(0, 3, 1, 2), None),
+    ("channels-last-mask", (2, 5, 3, 40), lambda a: a.transpose(0, 3, 1, 2), (2, 40, 1, 1)),
+    ("first-axis-unit", (7, 6, 40), lambda a: a.transpose(2, 1, 0), None),
+    ("strided", (9, 70), lambda a: a[::2, 1::3], None),
+]
+
+
+@pytest.mark.parametrize("offset", [0, 3])
+@pytest.mark.parametrize("layout", VARIANT_LAYOUTS, ids=[case[0] for case in VARIANT_LAYOUTS])
+def test_alpha_and_gaussian_layouts(xp, layout, offset):
+    _, base_shape, view, mask_shape = layout
+    for dtype in _float_dtypes(xp):
+        base, base_host = _input(xp, base_shape, dtype)
+        x, x_host = view(base), view(base_host)
+        y, mask = fastdrop.alpha_dropout(x, 0.3, seed=2, offset=offset, mask_shape=mask_shape)
+        assert_bitwise_equal(y, reference.alpha_dropout(x_host, 0.3, seed=2, offset=offset, mask_shape=mask_shape))
+        y, _ = fastdrop.gaussian_dropout(x, 0.3, seed=2, offset=offset, mask_shape=mask_shape)
+        assert_bitwise_equal(y, reference.gaussian_dropout(x_host, 0.3, seed=2, offset=offset, mask_shape=mask_shape))
+
+
 def test_gaussian_noise_to_array_is_the_reference_multiplier(xp):
     like = xp.empty(0)
     _, noise = fastdrop.gaussian_dropout(xp.ones((3, 1001)), 0.2, seed=6, offset=1)

@@ -112,6 +112,29 @@ def test_long_rows_are_coalesced(dtype_name):
         assert efficiency[(name, 2, "store")] == 1.0, efficiency
 
 
+@pytest.mark.parametrize("dtype_name", ["float16", "float32", "float64"])
+def test_views_whose_fast_axis_is_an_outer_one_are_coalesced(dtype_name):
+    """The columns kernels (a thread per 8 elements of a row, a warp's lanes on consecutive rows):
+    a transposed matrix and channels-last feature maps, element or channel mask, are read and
+    written as by a copy, where the strided kernels' lanes each touched a sector of their own."""
+    dtype = _dtype(dtype_name)
+    matrix = _device((64, 256), dtype)
+    maps = _device((2, 6, 6, 64), dtype).transpose(0, 3, 1, 2)  # (N, C, H, W), C fastest
+    alpha = fastdrop.alpha_dropout
+    runs = [
+        (lambda: fastdrop.dropout(matrix.T, 0.1, seed=3), "fastdrop_forward_columns"),
+        (lambda: fastdrop.dropout(maps, 0.1, seed=3), "fastdrop_forward_columns"),
+        (lambda: fastdrop.dropout(maps, 0.1, seed=3, mask_shape=(2, 64, 1, 1)), "fastdrop_forward_columns"),
+        (lambda: alpha(maps, 0.1, seed=3, mask_shape=(2, 64, 1, 1)), "fastdrop_alpha_columns"),
+    ]
+    for run, kernel in runs:
+        launches = traced(run)
+        name = f"{kernel}_{_cupy_backend.suffix_of(dtype)}"
+        assert [launch.name for launch in launches] == [name]
+        efficiency = _data_efficiency(launches, {0, 2})  # x, and y (empty_like keeps the layout)
+        assert efficiency == {(name, 0, "load"): 1.0, (name, 2, "store"): 1.0}, efficiency
+
+
 def test_short_rows_are_seen_as_uncoalesced():
     """The measure itself: rows of 16 float32 take the strided kernel, a thread per 8 elements,
     so each lane's access sits in a sector of its own."""
@@ -135,6 +158,7 @@ def report() -> None:
             (f"dropout, offset 3, {name}", lambda x=x: fastdrop.dropout(x, 0.1, seed=1, offset=3)),
             (f"dropout, one element in, {name}", lambda x=x: fastdrop.dropout(x[1:], 0.1, seed=1)),
             (f"dropout, transposed, {name}", lambda m=m: fastdrop.dropout(m.T, 0.1, seed=1)),
+            (f"dropout, channels last, {name}", lambda m=m: fastdrop.dropout(m.reshape(2, 8, 8, -1).transpose(0, 3, 1, 2), 0.1, seed=1)),
             (f"dropout, channel mask, {name}", lambda m=m: fastdrop.dropout(m, 0.1, seed=1, mask_shape=(64, 1))),
             (f"bias-dropout-add, {name}", lambda m=m, b=bias: fastdrop.bias_dropout_add(m, b, m.copy(), 0.1, seed=1)),
             (f"alpha dropout, {name}", lambda m=m: fastdrop.alpha_dropout(m, 0.1, seed=1)),
