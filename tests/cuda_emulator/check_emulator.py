@@ -209,6 +209,15 @@ def test_device_and_host_arrays_do_not_mix():
     assert not isinstance(cupy.asnumpy(cupy.ones(3)), cupy.ndarray)
 
 
+@pytest.mark.parametrize("converter", ["asarray", "array", "asanyarray", "ascontiguousarray", "asfortranarray"])
+def test_implicit_conversion_to_numpy_is_refused(converter):
+    device = cupy.ones((2, 3))
+    with pytest.raises(TypeError, match="implicit conversion"):
+        getattr(np, converter)(device)
+    assert getattr(np, converter)([1.0, 2.0]).shape == (2,)  # host values convert as before
+    assert np.array_equal(cupy.asnumpy(device), np.ones((2, 3)))
+
+
 def test_compile_errors_are_reported():
     with pytest.raises(cupy.CompileError, match="error"):
         cupy.RawModule(code='extern "C" __global__ void broken() { this is not C++; }')

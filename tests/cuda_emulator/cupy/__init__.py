@@ -17,9 +17,13 @@ allocation too.
 What it cannot tell: anything about speed, memory coalescing, the device-only arithmetic (the
 kernels' PTX branches; their host twins are what runs, as in tests/test_cuda_host.py), streams
 and graphs (launches run at once, synchronously), reads outside an allocation, or races
-between threads (lanes run one at a time). Arrays are a NumPy subclass, so ``numpy.asarray``
-on one is not refused as CuPy refuses it; NumPy functions and ufuncs given one of these arrays
-and a NumPy array with dimensions are.
+between threads (lanes run one at a time). Arrays are a NumPy subclass; CuPy's refusals of
+implicit conversion are imitated where code can be seen making one: ``numpy.asarray``,
+``numpy.array``, ``numpy.asanyarray``, ``numpy.ascontiguousarray`` and ``numpy.asfortranarray``
+called through the ``numpy`` module (as ``np.asarray(...)``) refuse these arrays (the emulator
+replaces those five attributes of NumPy while imported), and NumPy functions and ufuncs given
+one of these arrays and a NumPy array with dimensions refuse them. NumPy's own internals and
+the buffer protocol still convert them silently.
 """
 
 from __future__ import annotations
@@ -153,6 +157,27 @@ def _wrap(result, input_roots: set[int]):
     copy = _allocate(result.shape, result.dtype)
     np.copyto(copy.view(np.ndarray), result.view(np.ndarray))
     return copy
+
+
+def _refuse_implicit_conversion(function):
+    """``function`` (a NumPy converter) refusing device arrays, as CuPy's ``__array__`` does."""
+
+    def converter(a, *args, **kwargs):
+        if isinstance(a, ndarray):
+            raise TypeError(
+                f"numpy.{function.__name__} of a cupy array: implicit conversion to a NumPy array "
+                "is not allowed (CuPy refuses it; use .get() or cupy.asnumpy)"
+            )
+        return function(a, *args, **kwargs)
+
+    converter.__name__ = function.__name__
+    converter.__wrapped__ = function
+    return converter
+
+
+for _name in ("asarray", "array", "asanyarray", "ascontiguousarray", "asfortranarray"):
+    if not hasattr(getattr(np, _name), "__wrapped__"):
+        setattr(np, _name, _refuse_implicit_conversion(getattr(np, _name)))
 
 
 class ndarray(np.ndarray):
