@@ -42,11 +42,14 @@ __all__ = [
 
 #: Dtypes each device's fastdrop backend computes in directly; the other float dtype (bfloat16:
 #: NumPy has none) makes a float32 round trip, which is exactly the contract's "compute in
-#: float32, round once" rule.
+#: float32, round once" rule. On CUDA bfloat16 is direct too where CuPy holds ml_dtypes'
+#: bfloat16 arrays (CuPy 14+ with ml_dtypes; see _cupy_holds_bfloat16).
 _NATIVE_DTYPES = {
     "cpu": (torch.float16, torch.float32, torch.float64),
     "cuda": (torch.float16, torch.float32, torch.float64),
 }
+#: Whether this process's CuPy gave a bfloat16 view of a CUDA tensor (None: not tried yet).
+_cupy_bfloat16: list = [None]
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 #: SELU's lambda * alpha (Klambauer et al. 2017): alpha dropout's alpha' is minus this.
@@ -149,13 +152,43 @@ def _kernel_context(tensor):
 
 
 def _as_array(tensor):
-    """A NumPy (CPU) or CuPy (CUDA) array sharing the tensor's memory (call inside _kernel_context)."""
+    """A NumPy (CPU) or CuPy (CUDA) array sharing the tensor's memory (call inside _kernel_context).
+    A CUDA bfloat16 tensor travels as int16 (DLPack's bfloat16 code needs a recent CuPy) and
+    becomes an ``ml_dtypes.bfloat16`` view; only where _cupy_holds_bfloat16 said yes."""
     tensor = tensor.detach()
     if tensor.device.type == "cpu":
         return np.from_dlpack(tensor)
     import cupy
 
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return cupy.from_dlpack(tensor.view(torch.int16)).view(ml_dtypes.bfloat16)
     return cupy.from_dlpack(tensor)
+
+
+def _cupy_holds_bfloat16(tensor) -> bool:
+    """Whether the CUDA kernels can take bfloat16 ``tensor`` as it is: CuPy gives a bfloat16 view
+    of it (CuPy 14+ with ml_dtypes installed; older CuPy or no ml_dtypes: the float32 round
+    trip). Tried once per process, on the first CUDA bfloat16 tensor (call inside
+    _kernel_context)."""
+    if _cupy_bfloat16[0] is None:
+        try:
+            array = _as_array(tensor)
+            _cupy_bfloat16[0] = array.dtype.name == "bfloat16" and array.data.ptr == tensor.data_ptr()
+        except (ImportError, TypeError, ValueError, NotImplementedError, AttributeError, BufferError):
+            _cupy_bfloat16[0] = False
+    return _cupy_bfloat16[0]
+
+
+def _native(tensor) -> bool:
+    """Whether the device's backend computes in the tensor's dtype directly."""
+    if tensor.dtype in _NATIVE_DTYPES[tensor.device.type]:
+        return True
+    if tensor.dtype != torch.bfloat16 or tensor.device.type != "cuda":
+        return False
+    with _kernel_context(tensor):
+        return _cupy_holds_bfloat16(tensor)
 
 
 def _run_kernel(kernel, input, out, fresh=False):
@@ -171,7 +204,7 @@ def _run_kernel(kernel, input, out, fresh=False):
         if out is input:
             input.copy_(resolved)
         return result
-    if input.dtype not in _NATIVE_DTYPES[input.device.type]:
+    if not _native(input):
         input32 = input.float()
         out32 = input32 if out is input else torch.empty_like(input32)
         result = _run_kernel(kernel, input32, out32, fresh=out is not input)

@@ -517,6 +517,39 @@ def test_cuda_apply_keep_mask_equals_native_dropout(dtype):
 
 
 @pytest.mark.gpu
+def test_cuda_bfloat16_needs_no_float32_copy_where_cupy_holds_bfloat16():
+    _cuda_ready()
+    pytest.importorskip("ml_dtypes")
+    x = torch.randn(4099, device="cuda").to(torch.bfloat16)
+    if not ft._native(x):
+        pytest.skip("this CuPy gives no bfloat16 view of a tensor (CuPy 14+ with ml_dtypes does): "
+                    "bfloat16 goes through float32")
+    with ft._kernel_context(x):
+        array = ft._as_array(x[1:])
+        assert array.dtype.name == "bfloat16" and array.data.ptr == x[1:].data_ptr()
+    assert_bitwise(ft.dropout(x[1:], 0.3, seed=5), _reference(x[1:].cpu(), 0.3, 5))
+
+
+def test_bfloat16_probe_falls_back_to_the_float32_round_trip(monkeypatch):
+    """Where CuPy cannot hold bfloat16 (no ml_dtypes, CuPy 13, a view of another dtype), CUDA
+    bfloat16 tensors take the float32 round trip, as on the CPU."""
+    x = torch.ones(4, dtype=torch.bfloat16)
+    for error in (ImportError("no ml_dtypes"), TypeError("unsupported dtype"), NotImplementedError("old")):
+        monkeypatch.setattr(ft, "_cupy_bfloat16", [None])
+
+        def refuse(tensor, error=error):
+            raise error
+
+        monkeypatch.setattr(ft, "_as_array", refuse)
+        assert ft._cupy_holds_bfloat16(x) is False and ft._cupy_bfloat16 == [False]
+        assert ft._cupy_holds_bfloat16(x) is False  # remembered: not tried again
+    monkeypatch.setattr(ft, "_cupy_bfloat16", [None])
+    monkeypatch.setattr(ft, "_as_array", lambda tensor: np.zeros(4, np.uint16))
+    assert ft._cupy_holds_bfloat16(x) is False
+    assert not ft._native(x)  # a CPU bfloat16 tensor never asks
+
+
+@pytest.mark.gpu
 def test_cuda_zero_copy_on_current_stream():
     _cuda_ready()
     import cupy
