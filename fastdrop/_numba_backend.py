@@ -129,11 +129,12 @@ def _plain(array):
     return kernel_view(array)
 
 
-def _row_views(x, out, mask_shape, offset):
+def _row_views(x, out, mask_shape, offset, repeated_rows=False):
     """(x view, out view, mask strides, word offset) per rank-3 launch. C-contiguous x and out
     skip the layout analysis in the two common cases: a full mask (one row, a word per element)
     and a channel-style mask, x's leading axes then ones (one row per mask element, one word
-    each: spatial dropout's (N, C, 1, 1))."""
+    each: spatial dropout's (N, C, 1, 1)). ``repeated_rows``: the caller runs launches whose
+    words repeat along axis 1 with ``select_repeated_rows`` (see ``_unit_axis_last``)."""
     mask_shape = tuple(mask_shape)
     if x.flags.c_contiguous and out.flags.c_contiguous:
         if mask_shape == x.shape:
@@ -147,7 +148,48 @@ def _row_views(x, out, mask_shape, offset):
     return [
         (*_views(x, out, launch), launch.mask_strides, launch.word_offset)
         for launch in rank3_launches(x.shape, x.strides, out.strides, mask_shape, offset)
+        for launch in [_unit_axis_last(launch, x.itemsize, repeated_rows)]
     ]
+
+
+#: Rows walked unit axis innermost (``_unit_axis_last``) hold at least this many bytes, except
+#: where their kernel handles short rows well: one word per row, or words repeated along axis 1
+#: for ``select_repeated_rows``. Below it the per-row tasks of the other kernels (alpha dropout,
+#: the backward from bits) cost more than the strided walk (channels-last maps of 16 float32
+#: channels: alpha dropout 33% of a copy walked along W, 4% along C).
+SHORT_ROW_BYTES = 256
+
+
+def _unit_axis_last(launch, itemsize: int, repeated_rows: bool):
+    """The launch walked with its unit axis innermost: where the last axis does not step by one
+    element in x and out but axis 1 or 0 does (channels-last maps, whose channel axis is fastest
+    in memory), that axis becomes the last, if its mask stride is 0 or 1 (the row kernels' word
+    patterns) and its rows are long enough (``SHORT_ROW_BYTES``, or a cache line where the rows
+    have one word each or, with ``repeated_rows``, words repeated along axis 1). An element's
+    word does not depend on the order of the walk. Other launches (a full mask over a transposed
+    array: ``_tile_views``) as they are."""
+
+    def unit(axis):
+        return launch.x_strides[axis] == itemsize and launch.out_strides[axis] == itemsize
+
+    if unit(2):
+        return launch
+    for axis in (1, 0):
+        if not unit(axis) or launch.mask_strides[axis] not in (0, 1):
+            continue
+        order = [a for a in range(3) if a != axis] + [axis]
+
+        def permuted(values):
+            return tuple(values[a] for a in order)
+
+        walked = launch._replace(
+            shape=permuted(launch.shape), x_strides=permuted(launch.x_strides),
+            out_strides=permuted(launch.out_strides), mask_strides=permuted(launch.mask_strides),
+        )
+        short_rows_fine = walked.mask_strides[2] == 0 or (repeated_rows and walked.mask_strides[1] == 0)
+        if walked.shape[2] * itemsize >= (_CACHE_LINE if short_rows_fine else SHORT_ROW_BYTES):
+            return walked
+    return launch
 
 
 def _tile_views(x_view, out_view, mask_strides):
@@ -170,6 +212,16 @@ def _tile_views(x_view, out_view, mask_strides):
                 mask_strides = (mask_strides[1], mask_strides[0], 1)
             return x_view, out_view, mask_strides[0], mask_strides[1]
     return None
+
+
+_NO_KEY = np.uint64(0)
+_ONE = np.uint64(1)  # the keep threshold select_repeated_rows takes with bits
+
+
+def _repeats_along_rows(x_view, mask_strides) -> bool:
+    """Whether a launch's words repeat along axis 1, so ``select_repeated_rows`` can make them
+    once for several rows: mask strides (ms0, 0, 1) over more than one row."""
+    return mask_strides[1] == 0 and mask_strides[2] == 1 and x_view.shape[1] > 1
 
 
 #: Outputs this backend allocated for a call, until the call's kernel asks ``streams``: those of
@@ -200,7 +252,7 @@ def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
         return
     k0, k1 = _key(seed)
     threshold = _threshold(threshold)
-    rows = [(*row, _tile_views(*row[:3])) for row in _row_views(x, out, mask_shape, offset)]
+    rows = [(*row, _tile_views(*row[:3])) for row in _row_views(x, out, mask_shape, offset, True)]
     fused_bits = False
     if bits is not None:
         # Bits are packed in the same pass when a single row (not a tiled launch) covers the
@@ -217,6 +269,11 @@ def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
                 kernels.for_size(kernels.select_tiles, x.size)(
                     *tiles, np.uint64(word_offset), k0, k1, threshold, scale_value, -zero, zero)
                 continue
+            if _repeats_along_rows(x_view, mask_strides) and row_bits is _NO_BITS:
+                kernels.for_size(kernels.select_repeated_rows, x.size)(
+                    x_view, out_view, mask_strides[0], np.uint64(word_offset), k0, k1, threshold,
+                    scale_value, zero, _NO_BITS, False)
+                continue
             select_rows(
                 x_view, out_view, *mask_strides, np.uint64(word_offset), k0, k1,
                 threshold, scale_value, zero, row_bits, fused_bits, stream,
@@ -231,9 +288,14 @@ def apply_bits(dy, out, *, mask_shape, bits, scale):
     dy, out = _plain(dy), _plain(out)
     select_rows_from_bits = kernels.for_size(kernels.select_rows_from_bits, dy.size)
     # With word offset 0, a row's word offset is the mask's flat index of its first element.
-    rows = _row_views(dy, out, mask_shape, 0)
+    rows = _row_views(dy, out, mask_shape, 0, True)
     with _kernel_lock:
         for dy_view, out_view, mask_strides, mask_base in rows:
+            if _repeats_along_rows(dy_view, mask_strides):
+                kernels.for_size(kernels.select_repeated_rows, dy.size)(
+                    dy_view, out_view, mask_strides[0], np.uint64(mask_base), _NO_KEY, _NO_KEY,
+                    _ONE, scale_value, zero, bits, True)
+                continue
             tiles = _tile_views(dy_view, out_view, mask_strides)
             if tiles is not None:
                 dy_tiles, out_tiles, stride0, stride1 = tiles

@@ -1,6 +1,7 @@
 """LLVM-level operations for the Numba kernels that Numba does not offer: a branch-free choice
 (``pick``), bit casts between floats and their IEEE bits (``float32_bits``, ``bits_float32``,
-``float64_bits``, ``bits_float64``) and a contiguous view of a unit-stride row (``unit_stride``).
+``float64_bits``, ``bits_float64``) and contiguous views of unit-stride memory (``unit_stride``,
+``unit_span``).
 
 ``pick(keep, a, b)`` emits LLVM's ``select`` instruction. Numba lowers ``a if keep else b`` to a
 branch, and LLVM usually, not always, turns it back into a select and vectorises the loop. In the
@@ -115,3 +116,27 @@ def unit_stride(typingctx, row):
         return impl_ret_borrowed(context, builder, signature.return_type, view._getvalue())
 
     return result(row), codegen
+
+
+@intrinsic
+def unit_span(typingctx, row, count):
+    """The ``count`` elements of memory from ``row``'s first element on, as a C-contiguous 1-D
+    array (same owner): rows that lie back to back seen as one span. The caller checks that
+    they do (each unit-stride, each the next's predecessor by exactly its length) and that
+    ``count`` stays inside the array."""
+    if not isinstance(row, types.Array) or row.ndim != 1 or not isinstance(count, types.Integer):
+        return None
+    result = row.copy(layout="C")
+
+    def codegen(context, builder, signature, args):
+        source = context.make_array(signature.args[0])(context, builder, args[0])
+        view = context.make_array(signature.return_type)(context, builder)
+        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(
+            context.get_data_type(signature.return_type.dtype)))
+        length = context.cast(builder, args[1], signature.args[1], types.intp)
+        populate_array(view, data=source.data, shape=cgutils.pack_array(builder, [length]),
+                       strides=cgutils.pack_array(builder, [itemsize]), itemsize=source.itemsize,
+                       meminfo=source.meminfo, parent=source.parent)
+        return impl_ret_borrowed(context, builder, signature.return_type, view._getvalue())
+
+    return result(row, count), codegen

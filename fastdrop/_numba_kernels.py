@@ -28,7 +28,7 @@ from fastdrop._kernel_cache import discard_stale_kernels
 from fastdrop._contract import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 from fastdrop._numba_half import load, store
 from fastdrop._numba_prefetch import CACHE_LINE, line_step, prefetch
-from fastdrop._numba_bits import pick, unit_stride
+from fastdrop._numba_bits import pick, unit_span, unit_stride
 from fastdrop._numba_stream import STAGE, STREAM_ROW_BYTES, lead, store_fence, stream_lines
 
 #: Elements per parallel task: a multiple of 8 (whole bytes of packed bits) and of 4 (counters).
@@ -459,6 +459,64 @@ def select_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k
             _pack_chunk(words, first, count, threshold, bits, start // 8)
 
 
+#: Rows of ``select_repeated_rows`` that share a task's words where they are long: the words of
+#: a chunk are then made once per this many rows.
+REPEATED_ROWS = 4
+
+
+@numba.njit(parallel=True, **_jit)
+def select_repeated_rows(x, out, mask_stride0, word_offset, k0, k1, threshold, scale, zero, bits,
+                         from_bits):
+    """``select_rows`` for masks that repeat along axis 1: mask strides (ms0, 0, 1), element
+    (i0, i1, i2) using word ``word_offset + i0*ms0 + i2``. Channel masks of channels-last maps
+    walked channels innermost (``_numba_backend._unit_axis_last``) and a mask over (N, 1, F) on
+    (N, T, F) (variational dropout) are such. A task makes one chunk of a row's words and selects
+    them into a group of rows along axis 1: about a chunk of elements for short rows, and
+    ``REPEATED_ROWS`` rows of long ones. Short rows that lie back to back in both arrays (as in
+    those two cases) are selected as one span, their words repeated, so a task's cost is a
+    copy's plus one row's words. ``from_bits``: the keep flags come from packed ``bits`` at the
+    mask's flat index (``word_offset`` is then the mask index of element (0, 0, 0), ``threshold``
+    1), written into the words as 0 (kept) or 2**32 - 1 (dropped)."""
+    n0, n1, n2 = x.shape
+    last_kept = np.uint32(threshold - np.uint64(1))
+    chunks_per_row = (n2 + CHUNK - 1) // CHUNK
+    per_task = max(REPEATED_ROWS, CHUNK // n2)
+    groups = (n1 + per_task - 1) // per_task
+    unit = unit_rows(x, out)
+    back_to_back = (unit and CHUNK // n2 >= 2 and x.strides[1] == n2 * x.itemsize
+                    and out.strides[1] == n2 * out.itemsize)
+    for task in numba.prange(n0 * groups * chunks_per_row):
+        i0, group, start, count = task_place(task, chunks_per_row, groups, n2)
+        words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
+        g = word_offset + np.uint64(i0 * mask_stride0 + start)
+        if from_bits:
+            first = 0
+            for j in range(count):
+                m = g + np.uint64(j)
+                kept = (bits[m >> np.uint64(3)] >> (m & np.uint64(7))) & 1
+                words[j] = np.uint32(0) if kept else np.uint32(0xFFFFFFFF)
+        else:
+            first = fill_words(words, g, count, k0, k1)
+        row_words = words[first : first + count]
+        row_first = group * per_task
+        row_count = min(n1, row_first + per_task) - row_first
+        if back_to_back:  # count == n2, and row_count * n2 <= CHUNK
+            repeated = np.empty(row_count * n2, dtype=np.uint32)
+            for r in range(row_count):
+                repeated[r * n2 : (r + 1) * n2] = row_words
+            x_span = unit_span(x[i0, row_first, :], row_count * n2)
+            out_span = unit_span(out[i0, row_first, :], row_count * n2)
+            _select_span(x_span, out_span, repeated, last_kept, scale, zero)
+            continue
+        for i1 in range(row_first, row_first + row_count):
+            x_row = x[i0, i1, start : start + count]
+            out_row = out[i0, i1, start : start + count]
+            if unit:
+                _select_span(unit_stride(x_row), unit_stride(out_row), row_words, last_kept, scale, zero)
+            else:
+                _select_span(x_row, out_row, row_words, last_kept, scale, zero)
+
+
 #: A tile of ``select_tiles``: rows along the unit-stride axis 1, words along axis 2. Its words,
 #: by column (64 x 64 uint32, 16 KB), stay in the L1 cache while its columns are selected.
 TILE_ROWS = 64
@@ -586,6 +644,17 @@ def select_rows_from_bits(x, out, mask_base, mask_stride0, mask_stride1, mask_st
         out_row = out[i0, i1, start : start + count]
         done = 0
         first_bit = base + start * mask_stride2
+        if mask_stride2 == 0:  # one flag for the whole row (channel-style masks)
+            keep = ((bits[first_bit >> 3] >> (first_bit & 7)) & 1) != 0
+            if stream and count * out.itemsize >= STREAM_ROW_BYTES:
+                staged = np.empty(STAGE, dtype=out.dtype)
+                _stream_scale_or_zero(unit_stride(x_row), unit_stride(out_row), keep, scale, zero, staged)
+                store_fence()
+            elif unit:
+                _scale_or_zero(unit_stride(x_row), unit_stride(out_row), keep, scale, zero)
+            else:
+                _scale_or_zero(x_row, out_row, keep, scale, zero)
+            continue
         if mask_stride2 == 1 and first_bit % 8 == 0 and _LITTLE_ENDIAN:
             # Whole mask bytes become one flag byte per element, eight at a time: byte k of
             # (byte * 0x0101010101010101) & 0x8040201008040201 is bit k of the mask byte (no
@@ -668,8 +737,8 @@ def _serial_twin(kernel):
 
 SERIAL = {
     kernel: _serial_twin(kernel)
-    for kernel in (select_rows, select_tiles, select_rows_from_bits, select_tiles_from_bits,
-                   pack_keep_bits, fill_random_bits, fill_keep_flags)
+    for kernel in (select_rows, select_repeated_rows, select_tiles, select_rows_from_bits,
+                   select_tiles_from_bits, pack_keep_bits, fill_random_bits, fill_keep_flags)
 }
 
 

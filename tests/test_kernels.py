@@ -96,6 +96,46 @@ def test_rows_of_several_tasks(xp, view, dtype, offset):
     assert_bitwise_equal(fastdrop.dropout_backward(x, mask), expected)
 
 
+# Views and masks whose words repeat along an axis or whose fast axis is not the last: the CPU
+# backend walks channels-last maps channels innermost (_numba_backend._unit_axis_last) and makes
+# repeated words once for several rows (select_repeated_rows). (base shape, view, mask shape)
+REPEATED = {
+    "channels-last-channel-mask": ((3, 5, 7, 64), lambda a: a.transpose(0, 3, 1, 2), (3, 64, 1, 1)),
+    "channels-last-16-channels": ((2, 9, 11, 16), lambda a: a.transpose(0, 3, 1, 2), (2, 16, 1, 1)),
+    "channels-last-pixel-mask": ((3, 5, 7, 64), lambda a: a.transpose(0, 3, 1, 2), (3, 1, 5, 7)),
+    "channels-last-full-mask": ((2, 5, 7, 64), lambda a: a.transpose(0, 3, 1, 2), None),
+    "channels-last-large": ((8, 28, 28, 64), lambda a: a.transpose(0, 3, 1, 2), (8, 64, 1, 1)),
+    "sequence-mask": ((3, 301, 37), lambda a: a, (3, 1, 37)),
+    "sequence-mask-long-rows": ((2, 6, 2500), lambda a: a, (2, 1, 2500)),
+    "sequence-mask-three-chunks": ((2, 5, 9000), lambda a: a, (2, 1, 9000)),
+    "sequence-mask-rows-apart": ((3, 41, 80), lambda a: a[:, :, 5:69], (3, 1, 64)),
+    "sequence-mask-reversed": ((3, 41, 80), lambda a: a[:, ::-1, :], (3, 1, 80)),
+    "first-axis-fastest": ((9, 6, 64), lambda a: a.transpose(2, 1, 0), (64, 1, 1)),
+}
+
+
+@pytest.mark.parametrize("offset", [0, 3, (1 << 34) - 5])
+@pytest.mark.parametrize("case", REPEATED)
+def test_repeated_words_and_channels_last(xp, case, offset):
+    base_shape, view, mask_shape = REPEATED[case]
+    for dtype in _float_dtypes(xp):
+        base, base_host = _input(xp, base_shape, dtype, seed=4)
+        x, x_host = view(base), view(base_host)
+        y, mask = fastdrop.dropout(x, 0.3, seed=77, offset=offset, mask_shape=mask_shape, keep_bits=True)
+        expected = reference.dropout(x_host, 0.3, seed=77, offset=offset, mask_shape=mask_shape)
+        assert_bitwise_equal(y, expected)
+        keep = reference.keep_mask(mask.shape, 0.3, seed=77, offset=offset)
+        assert_bitwise_equal(mask.bits, reference.pack_bits(keep))
+        dy, dy_host = _input(xp, x_host.shape, dtype, seed=5)
+        expected_dx = reference.dropout_backward(dy_host, 0.3, seed=77, offset=offset, mask_shape=mask_shape)
+        assert_bitwise_equal(fastdrop.dropout_backward(dy, mask), expected_dx)  # from the bits
+        _, seed_only = fastdrop.dropout(x, 0.3, seed=77, offset=offset, mask_shape=mask_shape, out=xp.empty_like(x))
+        assert_bitwise_equal(fastdrop.dropout_backward(dy, seed_only), expected_dx)  # from the seed
+        out = xp.empty_like(x)  # same layout as x
+        assert fastdrop.dropout(x, 0.3, seed=77, offset=offset, mask_shape=mask_shape, out=out)[0] is out
+        assert_bitwise_equal(out, expected)
+
+
 @pytest.mark.parametrize("mask_shape", [None, (3, 1)], ids=str)
 def test_in_place(xp, mask_shape):
     x, x_host = _input(xp, (3, 1001), np.float64)
