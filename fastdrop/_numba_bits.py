@@ -90,6 +90,21 @@ float32_bits, bits_float32 = _bit_casts(types.float32, ir.FloatType())
 float64_bits, bits_float64 = _bit_casts(types.float64, ir.DoubleType())
 
 
+def _unit_view(context, builder, signature, args):
+    """Codegen of ``unit_stride`` and ``unit_span``: a C-contiguous 1-D view of args[0]'s memory
+    from its first element, args[1] elements long if given, else as long as args[0]."""
+    source = context.make_array(signature.args[0])(context, builder, args[0])
+    view = context.make_array(signature.return_type)(context, builder)
+    itemsize = context.get_constant(types.intp, context.get_abi_sizeof(
+        context.get_data_type(signature.return_type.dtype)))
+    shape = source.shape
+    if len(args) > 1:
+        shape = cgutils.pack_array(builder, [context.cast(builder, args[1], signature.args[1], types.intp)])
+    populate_array(view, data=source.data, shape=shape, strides=cgutils.pack_array(builder, [itemsize]),
+                   itemsize=source.itemsize, meminfo=source.meminfo, parent=source.parent)
+    return impl_ret_borrowed(context, builder, signature.return_type, view._getvalue())
+
+
 @intrinsic
 def unit_stride(typingctx, row):
     """The 1-D array ``row`` typed as C-contiguous: same memory, shape and owner, stride one
@@ -103,19 +118,7 @@ def unit_stride(typingctx, row):
     """
     if not isinstance(row, types.Array) or row.ndim != 1:
         return None
-    result = row.copy(layout="C")
-
-    def codegen(context, builder, signature, args):
-        source = context.make_array(signature.args[0])(context, builder, args[0])
-        view = context.make_array(signature.return_type)(context, builder)
-        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(
-            context.get_data_type(signature.return_type.dtype)))
-        populate_array(view, data=source.data, shape=source.shape,
-                       strides=cgutils.pack_array(builder, [itemsize]), itemsize=source.itemsize,
-                       meminfo=source.meminfo, parent=source.parent)
-        return impl_ret_borrowed(context, builder, signature.return_type, view._getvalue())
-
-    return result(row), codegen
+    return row.copy(layout="C")(row), _unit_view
 
 
 @intrinsic
@@ -126,17 +129,4 @@ def unit_span(typingctx, row, count):
     ``count`` stays inside the array."""
     if not isinstance(row, types.Array) or row.ndim != 1 or not isinstance(count, types.Integer):
         return None
-    result = row.copy(layout="C")
-
-    def codegen(context, builder, signature, args):
-        source = context.make_array(signature.args[0])(context, builder, args[0])
-        view = context.make_array(signature.return_type)(context, builder)
-        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(
-            context.get_data_type(signature.return_type.dtype)))
-        length = context.cast(builder, args[1], signature.args[1], types.intp)
-        populate_array(view, data=source.data, shape=cgutils.pack_array(builder, [length]),
-                       strides=cgutils.pack_array(builder, [itemsize]), itemsize=source.itemsize,
-                       meminfo=source.meminfo, parent=source.parent)
-        return impl_ret_borrowed(context, builder, signature.return_type, view._getvalue())
-
-    return result(row, count), codegen
+    return row.copy(layout="C")(row, count), _unit_view
