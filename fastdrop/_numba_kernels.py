@@ -500,7 +500,7 @@ def select_repeated_rows(x, out, mask_stride0, word_offset, k0, k1, threshold, s
         row_words = words[first : first + count]
         row_first = group * per_task
         row_count = min(n1, row_first + per_task) - row_first
-        if back_to_back:  # count == n2, and row_count * n2 <= CHUNK
+        if back_to_back:  # one chunk a row here: count == n2
             repeated = np.empty(row_count * n2, dtype=np.uint32)
             for r in range(row_count):
                 repeated[r * n2 : (r + 1) * n2] = row_words

@@ -187,8 +187,10 @@ def _native(tensor) -> bool:
         return True
     if tensor.dtype != torch.bfloat16 or tensor.device.type != "cuda":
         return False
-    with _kernel_context(tensor):
-        return _cupy_holds_bfloat16(tensor)
+    if _cupy_bfloat16[0] is None:  # the first CUDA bfloat16 tensor: try CuPy once
+        with _kernel_context(tensor):
+            _cupy_holds_bfloat16(tensor)
+    return _cupy_bfloat16[0]
 
 
 def _run_kernel(kernel, input, out, fresh=False):
