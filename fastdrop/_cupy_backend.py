@@ -274,25 +274,13 @@ def _row_kernel(launch, itemsize: int):
     if size1 > 1 and _unit_axis(launch, itemsize, 1):
         return "columns", threads, launch
     if size0 > 1 and _unit_axis(launch, itemsize, 0):
-        return "columns", threads, _swap_outer_axes(launch)
+        return "columns", threads, launch.permuted((1, 0, 2))
     return "strided", threads, launch
 
 
 def _unit_axis(launch, itemsize: int, axis: int) -> bool:
     """Whether the launch's ``axis`` steps by one element (either way) in x or out."""
     return itemsize in (abs(launch.x_strides[axis]), abs(launch.out_strides[axis]))
-
-
-def _swap_outer_axes(launch):
-    """The same launch with axes 0 and 1 exchanged (in shape and every stride set)."""
-
-    def swap(values):
-        return (values[1], values[0], values[2])
-
-    return launch._replace(
-        shape=swap(launch.shape), x_strides=swap(launch.x_strides),
-        out_strides=swap(launch.out_strides), mask_strides=swap(launch.mask_strides),
-    )
 
 
 def _strided_args(x, out, launch):

@@ -29,6 +29,16 @@ class Launch(NamedTuple):
     word_offset: int
     mask_strides: tuple[int, int, int]
 
+    def permuted(self, order) -> "Launch":
+        """The same elements walked with axes in ``order`` (shape and every stride set alike):
+        an element's addresses and word do not depend on the order of the walk."""
+
+        def pick(values):
+            return tuple(values[axis] for axis in order)
+
+        return self._replace(shape=pick(self.shape), x_strides=pick(self.x_strides),
+                             out_strides=pick(self.out_strides), mask_strides=pick(self.mask_strides))
+
 
 def padded_mask_shape(mask_shape, ndim: int) -> tuple[int, ...]:
     """mask_shape with leading 1s up to ndim (the caller checked it broadcasts)."""

@@ -177,15 +177,7 @@ def _unit_axis_last(launch, itemsize: int, repeated_rows: bool):
     for axis in (1, 0):
         if not unit(axis) or launch.mask_strides[axis] not in (0, 1):
             continue
-        order = [a for a in range(3) if a != axis] + [axis]
-
-        def permuted(values):
-            return tuple(values[a] for a in order)
-
-        walked = launch._replace(
-            shape=permuted(launch.shape), x_strides=permuted(launch.x_strides),
-            out_strides=permuted(launch.out_strides), mask_strides=permuted(launch.mask_strides),
-        )
+        walked = launch.permuted([a for a in range(3) if a != axis] + [axis])
         short_rows_fine = walked.mask_strides[2] == 0 or (repeated_rows and walked.mask_strides[1] == 0)
         if walked.shape[2] * itemsize >= (_CACHE_LINE if short_rows_fine else SHORT_ROW_BYTES):
             return walked
