@@ -5,7 +5,7 @@ dropout); ``NHWC channel`` (the same logical maps stored channels last, as PyTor
 ``channels_last``: ``a.transpose(0, 3, 1, 2)`` of an (N, H, W, C) array); ``NHWC element``
 (channels last, a full mask); ``NTF sequence`` (contiguous (N, T, F), mask (N, 1, F): variational
 dropout's mask shared by every timestep). Ops: the forward into an existing array of the same
-layout (``out=``), the backward from stored bits, and alpha dropout with the same mask. Each figure
+layout (``out=``), the backward from stored bits, and alpha and Gaussian dropout with the same mask. Each figure
 is G elements/s and its share of ``np.copyto`` between two arrays of that layout (the copy moves
 the same bytes). Rounds are interleaved and the median kept, as in ``bench/targets.py``; run it
 with ``PYTHONPATH`` pointing at another checkout to compare code.
@@ -36,7 +36,7 @@ def _cases(channels: int) -> dict:
     }
 
 
-OPS = ("forward", "backward_bits", "alpha")
+OPS = ("forward", "backward_bits", "alpha", "gaussian")
 
 
 def _calls(base_shape, view, mask_shape, p):
@@ -49,6 +49,7 @@ def _calls(base_shape, view, mask_shape, p):
         "forward": lambda: fastdrop.dropout(x, p, seed=1, mask_shape=mask_shape, out=out),
         "backward_bits": lambda: fastdrop.dropout_backward(x, bits, out=out),
         "alpha": lambda: fastdrop.alpha_dropout(x, p, seed=1, mask_shape=mask_shape, out=out),
+        "gaussian": lambda: fastdrop.gaussian_dropout(x, p, seed=1, mask_shape=mask_shape, out=out),
     }, x.size
 
 

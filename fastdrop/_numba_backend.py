@@ -264,7 +264,7 @@ def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
             if _repeats_along_rows(x_view, mask_strides) and row_bits is _NO_BITS:
                 kernels.for_size(kernels.select_repeated_rows, x.size)(
                     x_view, out_view, mask_strides[0], np.uint64(word_offset), k0, k1, threshold,
-                    scale_value, zero, _NO_BITS, False)
+                    scale_value, -zero, zero, _NO_BITS, False)
                 continue
             select_rows(
                 x_view, out_view, *mask_strides, np.uint64(word_offset), k0, k1,
@@ -286,7 +286,7 @@ def apply_bits(dy, out, *, mask_shape, bits, scale):
             if _repeats_along_rows(dy_view, mask_strides):
                 kernels.for_size(kernels.select_repeated_rows, dy.size)(
                     dy_view, out_view, mask_strides[0], np.uint64(mask_base), _NO_KEY, _NO_KEY,
-                    _ONE, scale_value, zero, bits, True)
+                    _ONE, scale_value, -zero, zero, bits, True)
                 continue
             tiles = _tile_views(dy_view, out_view, mask_strides)
             if tiles is not None:

@@ -464,29 +464,51 @@ def select_rows(x, out, mask_stride0, mask_stride1, mask_stride2, word_offset, k
 REPEATED_ROWS = 4
 
 
-@numba.njit(parallel=True, **_jit)
-def select_repeated_rows(x, out, mask_stride0, word_offset, k0, k1, threshold, scale, zero, bits,
-                         from_bits):
-    """``select_rows`` for masks that repeat along axis 1: mask strides (ms0, 0, 1), element
-    (i0, i1, i2) using word ``word_offset + i0*ms0 + i2``. Channel masks of channels-last maps
-    walked channels innermost (``_numba_backend._unit_axis_last``) and a mask over (N, 1, F) on
-    (N, T, F) (variational dropout) are such. A task makes one chunk of a row's words and selects
-    them into a group of rows along axis 1: about a chunk of elements for short rows, and
-    ``REPEATED_ROWS`` rows of long ones. Short rows that lie back to back in both arrays (as in
-    those two cases) are selected as one span, their words repeated, so a task's cost is a
-    copy's plus one row's words. ``from_bits``: the keep flags come from packed ``bits`` at the
-    mask's flat index (``word_offset`` is then the mask index of element (0, 0, 0), ``threshold``
-    1), written into the words as 0 (kept) or 2**32 - 1 (dropped)."""
+@numba.njit(inline="always", **_jit)
+def repeated_tasks(x, out):
+    """How the kernels of masks that repeat along axis 1 (``select_repeated_rows``,
+    ``_numba_variants.gaussian_repeated_rows``) share out a rank-3 view: (tasks, chunks per
+    row, groups of rows, rows per group, back to back). A task takes one chunk of a row's
+    words and a group of rows along axis 1: about a chunk of elements of short rows, and
+    ``REPEATED_ROWS`` long ones. Back to back: short rows that follow one another in memory in
+    both arrays, which a task handles as one span of ``rows * n2`` elements."""
     n0, n1, n2 = x.shape
-    last_kept = np.uint32(threshold - np.uint64(1))
     chunks_per_row = (n2 + CHUNK - 1) // CHUNK
     per_task = max(REPEATED_ROWS, CHUNK // n2)
     groups = (n1 + per_task - 1) // per_task
-    unit = unit_rows(x, out)
-    back_to_back = (unit and CHUNK // n2 >= 2 and x.strides[1] == n2 * x.itemsize
+    back_to_back = (unit_rows(x, out) and CHUNK // n2 >= 2 and x.strides[1] == n2 * x.itemsize
                     and out.strides[1] == n2 * out.itemsize)
-    for task in numba.prange(n0 * groups * chunks_per_row):
-        i0, group, start, count = task_place(task, chunks_per_row, groups, n2)
+    return n0 * groups * chunks_per_row, chunks_per_row, groups, per_task, back_to_back
+
+
+@numba.njit(inline="always", **_jit)
+def repeated_place(task, chunks_per_row, groups, per_task, n1, n2):
+    """(i0, start, count, first row, rows) of a task of ``repeated_tasks``: elements
+    [start, start + count) of rows [first row, first row + rows) of x[i0]."""
+    i0, group, start, count = task_place(task, chunks_per_row, groups, n2)
+    row_first = group * per_task
+    return i0, start, count, row_first, min(n1, row_first + per_task) - row_first
+
+
+@numba.njit(parallel=True, **_jit)
+def select_repeated_rows(x, out, mask_stride0, word_offset, k0, k1, threshold, scale, shift,
+                         dropped, bits, from_bits):
+    """out = where(keep, x * scale + shift, dropped) (as ``select_tiles``: dropout passes shift
+    -0.0 and dropped 0, alpha dropout its affine map) for masks that repeat along axis 1: mask
+    strides (ms0, 0, 1), element (i0, i1, i2) using word ``word_offset + i0*ms0 + i2``. Channel
+    masks of channels-last maps walked channels innermost (``_numba_backend._unit_axis_last``)
+    and a mask over (N, 1, F) on (N, T, F) (variational dropout) are such. A task makes one
+    chunk of a row's words and selects them into a group of rows along axis 1
+    (``repeated_tasks``); rows back to back are one span, their words repeated, so a task's cost
+    is a copy's plus one row's words. ``from_bits``: the keep flags come from packed ``bits`` at
+    the mask's flat index (``word_offset`` is then the mask index of element (0, 0, 0),
+    ``threshold`` 1), written into the words as 0 (kept) or 2**32 - 1 (dropped)."""
+    n0, n1, n2 = x.shape
+    last_kept = np.uint32(threshold - np.uint64(1))
+    tasks, chunks_per_row, groups, per_task, back_to_back = repeated_tasks(x, out)
+    unit = unit_rows(x, out)
+    for task in numba.prange(tasks):
+        i0, start, count, row_first, row_count = repeated_place(task, chunks_per_row, groups, per_task, n1, n2)
         words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
         g = word_offset + np.uint64(i0 * mask_stride0 + start)
         if from_bits:
@@ -498,23 +520,31 @@ def select_repeated_rows(x, out, mask_stride0, word_offset, k0, k1, threshold, s
         else:
             first = fill_words(words, g, count, k0, k1)
         row_words = words[first : first + count]
-        row_first = group * per_task
-        row_count = min(n1, row_first + per_task) - row_first
         if back_to_back:  # one chunk a row here: count == n2
             repeated = np.empty(row_count * n2, dtype=np.uint32)
             for r in range(row_count):
                 repeated[r * n2 : (r + 1) * n2] = row_words
             x_span = unit_span(x[i0, row_first, :], row_count * n2)
             out_span = unit_span(out[i0, row_first, :], row_count * n2)
-            _select_span(x_span, out_span, repeated, last_kept, scale, zero)
+            _lined_affine_span(x_span, out_span, repeated, last_kept, scale, shift, dropped)
             continue
         for i1 in range(row_first, row_first + row_count):
             x_row = x[i0, i1, start : start + count]
             out_row = out[i0, i1, start : start + count]
             if unit:
-                _select_span(unit_stride(x_row), unit_stride(out_row), row_words, last_kept, scale, zero)
+                _lined_affine_span(unit_stride(x_row), unit_stride(out_row), row_words, last_kept,
+                                   scale, shift, dropped)
             else:
-                _select_span(x_row, out_row, row_words, last_kept, scale, zero)
+                _lined_affine_span(x_row, out_row, row_words, last_kept, scale, shift, dropped)
+
+
+@numba.njit(inline="always", **_jit)
+def _lined_affine_span(x_row, out_row, row_words, last_kept, scale, shift, dropped):
+    """``_affine_span`` with the elements before the output's first line boundary apart (see
+    ``line_head``)."""
+    head = line_head(out_row)
+    _affine_span(x_row[:head], out_row[:head], row_words[:head], last_kept, scale, shift, dropped)
+    _affine_span(x_row[head:], out_row[head:], row_words[head:], last_kept, scale, shift, dropped)
 
 
 #: A tile of ``select_tiles``: rows along the unit-stride axis 1, words along axis 2. Its words,

@@ -29,14 +29,16 @@ from fastdrop import reference
 from fastdrop._kernel_cache import discard_stale_kernels
 from fastdrop._numba_half import as_compute, load, store
 from fastdrop._numba_backend import (
-    _kernel_lock, _key, _plain, _row_views, _threshold, _tile_views, compute_scalars,
+    _NO_BITS, _kernel_lock, _key, _plain, _repeats_along_rows, _row_views, _threshold, _tile_views,
+    compute_scalars,
 )
 from fastdrop._numba_kernels import (
     _BUFFER_WORDS, CHUNK, SERIAL_BELOW, TILE_ROWS, TILE_WORDS, _jit, _serial_twin, fill_words,
-    for_size, line_head, philox4x32_10, prefetch_tile_column, select_tiles, task_place,
-    task_words, tile_counts, tile_place, unit_rows, word_at,
+    for_size, line_head, philox4x32_10, prefetch_tile_column, repeated_place, repeated_tasks,
+    select_repeated_rows, select_tiles, task_place, task_words, tile_counts, tile_place, unit_rows,
+    word_at,
 )
-from fastdrop._numba_bits import bits_float64, float64_bits, pick, unit_stride
+from fastdrop._numba_bits import bits_float64, float64_bits, pick, unit_span, unit_stride
 from fastdrop._numba_prefetch import CACHE_LINE
 
 discard_stale_kernels()  # before any cached kernel loads: see _kernel_cache
@@ -246,6 +248,38 @@ def gaussian_tiles(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, sigm
                            unit_stride(out[i0, a : a + rows, b + c]), by_column[c])
 
 
+@numba.njit(parallel=True, **_jit)
+def gaussian_repeated_rows(x, out, mask_stride0, word_offset, k0, k1, sigma):
+    """``gaussian_rows`` for masks that repeat along axis 1 (mask strides (ms0, 0, 1), as
+    ``_numba_kernels.select_repeated_rows``, whose tasks it shares): a task makes one chunk of
+    a row's multipliers and multiplies a group of rows with them, so the Box-Muller work is
+    done once per group instead of once per element."""
+    n0, n1, n2 = x.shape
+    tasks, chunks_per_row, groups, per_task, back_to_back = repeated_tasks(x, out)
+    unit = unit_rows(x, out)
+    for task in numba.prange(tasks):
+        i0, start, count, row_first, row_count = repeated_place(task, chunks_per_row, groups, per_task, n1, n2)
+        words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
+        multipliers = np.empty(_BUFFER_WORDS, dtype=np.float64)
+        at = _multipliers(words, multipliers, word_offset + np.uint64(i0 * mask_stride0 + start),
+                          count, k0, k1, sigma)
+        row_multipliers = multipliers[at : at + count]
+        if back_to_back:  # one chunk a row here: count == n2
+            repeated = np.empty(row_count * n2, dtype=np.float64)
+            for r in range(row_count):
+                repeated[r * n2 : (r + 1) * n2] = row_multipliers
+            _multiply_span(unit_span(x[i0, row_first, :], row_count * n2),
+                           unit_span(out[i0, row_first, :], row_count * n2), repeated)
+            continue
+        for i1 in range(row_first, row_first + row_count):
+            x_row = x[i0, i1, start : start + count]
+            out_row = out[i0, i1, start : start + count]
+            if unit:
+                _multiply_span(unit_stride(x_row), unit_stride(out_row), row_multipliers)
+            else:
+                _multiply_span(x_row, out_row, row_multipliers)
+
+
 @numba.njit(inline="always", **_jit)
 def _multiply_span(x_row, out_row, multipliers):
     for j in range(x_row.size):
@@ -350,15 +384,16 @@ def _bias_dropout_add_span(x_row, bias_row, residual_row, out_row, has_bias, row
 
 #: Serial twins of the kernels for problems too small to share out (see ``_numba_kernels``).
 _SERIAL = {kernel: _serial_twin(kernel)
-           for kernel in (alpha_rows, gaussian_rows, gaussian_tiles, bias_dropout_add_rows,
-                          bias_dropout_add_tiles)}
+           for kernel in (alpha_rows, gaussian_rows, gaussian_tiles, gaussian_repeated_rows,
+                          bias_dropout_add_rows, bias_dropout_add_tiles)}
 #: Gaussian dropout does about 6x the forward's work per element, so it shares out sooner: from
 #: two tasks (CHUNK elements each) on.
 GAUSSIAN_SERIAL_BELOW = 2 * CHUNK
 
 
 def _for_size(kernel, n_elements: int):
-    serial_below = GAUSSIAN_SERIAL_BELOW if kernel in (gaussian_rows, gaussian_tiles) else SERIAL_BELOW
+    serial_below = (GAUSSIAN_SERIAL_BELOW if kernel in (gaussian_rows, gaussian_tiles, gaussian_repeated_rows)
+                    else SERIAL_BELOW)
     return _SERIAL[kernel] if n_elements < serial_below else kernel
 
 
@@ -370,10 +405,15 @@ def alpha_forward(x, out, *, mask_shape, seed, offset, threshold, affine):
     x, out = _plain(x), _plain(out)
     kernel = _for_size(alpha_rows, x.size)
     with _kernel_lock:
-        for x_view, out_view, mask_strides, word_offset in _row_views(x, out, mask_shape, offset):
-            # Transposed: see select_tiles (which needs a threshold of at least 1).
+        for x_view, out_view, mask_strides, word_offset in _row_views(x, out, mask_shape, offset, True):
+            # The select kernels need a threshold of at least 1 (a kept word is <= threshold - 1).
+            if threshold and _repeats_along_rows(x_view, mask_strides):
+                for_size(select_repeated_rows, x.size)(
+                    x_view, out_view, mask_strides[0], np.uint64(word_offset), k0, k1,
+                    _threshold(threshold), a, shift, dropped, _NO_BITS, False)
+                continue
             tiles = _tile_views(x_view, out_view, mask_strides) if threshold else None
-            if tiles is not None:
+            if tiles is not None:  # transposed: see select_tiles
                 for_size(select_tiles, x.size)(
                     *tiles, np.uint64(word_offset), k0, k1, _threshold(threshold), a, shift, dropped)
                 continue
@@ -386,7 +426,11 @@ def gaussian_forward(x, out, *, mask_shape, seed, offset, sigma):
     x, out = _plain(x), _plain(out)
     kernel = _for_size(gaussian_rows, x.size)
     with _kernel_lock:
-        for x_view, out_view, mask_strides, word_offset in _row_views(x, out, mask_shape, offset):
+        for x_view, out_view, mask_strides, word_offset in _row_views(x, out, mask_shape, offset, True):
+            if _repeats_along_rows(x_view, mask_strides):
+                _for_size(gaussian_repeated_rows, x.size)(
+                    x_view, out_view, mask_strides[0], np.uint64(word_offset), k0, k1, np.float64(sigma))
+                continue
             tiles = _tile_views(x_view, out_view, mask_strides)
             if tiles is not None:
                 _for_size(gaussian_tiles, x.size)(*tiles, np.uint64(word_offset), k0, k1, np.float64(sigma))

@@ -98,7 +98,8 @@ def test_rows_of_several_tasks(xp, view, dtype, offset):
 
 # Views and masks whose words repeat along an axis or whose fast axis is not the last: the CPU
 # backend walks channels-last maps channels innermost (_numba_backend._unit_axis_last) and makes
-# repeated words once for several rows (select_repeated_rows). (base shape, view, mask shape)
+# repeated words once for several rows (select_repeated_rows; gaussian_repeated_rows for the
+# Gaussian multipliers). (base shape, view, mask shape)
 REPEATED = {
     "channels-last-channel-mask": ((3, 5, 7, 64), lambda a: a.transpose(0, 3, 1, 2), (3, 64, 1, 1)),
     "channels-last-16-channels": ((2, 9, 11, 16), lambda a: a.transpose(0, 3, 1, 2), (2, 16, 1, 1)),
@@ -133,6 +134,11 @@ def test_repeated_words_and_channels_last(xp, case, offset):
         assert_bitwise_equal(fastdrop.dropout_backward(dy, seed_only), expected_dx)  # from the seed
         out = xp.empty_like(x)  # same layout as x
         assert fastdrop.dropout(x, 0.3, seed=77, offset=offset, mask_shape=mask_shape, out=out)[0] is out
+        # The variants with the same masks (select_repeated_rows's affine map, gaussian_repeated_rows).
+        y, _ = fastdrop.alpha_dropout(x, 0.3, seed=77, offset=offset, mask_shape=mask_shape)
+        assert_bitwise_equal(y, reference.alpha_dropout(x_host, 0.3, seed=77, offset=offset, mask_shape=mask_shape))
+        y, _ = fastdrop.gaussian_dropout(x, 0.3, seed=77, offset=offset, mask_shape=mask_shape)
+        assert_bitwise_equal(y, reference.gaussian_dropout(x_host, 0.3, seed=77, offset=offset, mask_shape=mask_shape))
         assert_bitwise_equal(out, expected)
 
 
