@@ -206,6 +206,13 @@ def _tile_views(x_view, out_view, mask_strides):
     return None
 
 
+def tile_kernel(mask_stride1: int):
+    """The kernel for ``_tile_views``'s launches: ``select_columns`` where the mask stride
+    along their unit-stride axis is a multiple of 4 (its rows' words then share their place in
+    a Philox counter), else ``select_tiles``."""
+    return kernels.select_columns if mask_stride1 % 4 == 0 else kernels.select_tiles
+
+
 _NO_KEY = np.uint64(0)
 _ONE = np.uint64(1)  # the keep threshold select_repeated_rows takes with bits
 
@@ -258,7 +265,7 @@ def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
     with _kernel_lock:
         for x_view, out_view, mask_strides, word_offset, tiles in rows:
             if tiles is not None:
-                kernels.for_size(kernels.select_tiles, x.size)(
+                kernels.for_size(tile_kernel(tiles[3]), x.size)(
                     *tiles, np.uint64(word_offset), k0, k1, threshold, scale_value, -zero, zero)
                 continue
             if _repeats_along_rows(x_view, mask_strides) and row_bits is _NO_BITS:

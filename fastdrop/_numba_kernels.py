@@ -589,6 +589,83 @@ def select_tiles(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, thresh
                          scale, shift, dropped)
 
 
+#: A task of the columns kernels (``select_columns``): at most this many rows along the
+#: unit-stride axis 1 (4 KB of float32 per column: long runs for the hardware prefetcher), and
+#: about this many elements, so columns of COLUMN_ELEMENTS // rows (a multiple of 4).
+COLUMN_ROWS = 1024
+COLUMN_ELEMENTS = 16384
+
+
+@numba.njit(inline="always", **_jit)
+def column_tasks(n0, n1, n2):
+    """(tasks, rows per task, columns per task, tasks along axis 1, tasks along axis 2) of the
+    columns kernels over a rank-3 view."""
+    rows = min(n1, COLUMN_ROWS)
+    width = max(4, COLUMN_ELEMENTS // rows // 4 * 4)
+    tiles1 = (n1 + rows - 1) // rows
+    tiles2 = (n2 + width - 1) // width
+    return n0 * tiles1 * tiles2, rows, width, tiles1, tiles2
+
+
+@numba.njit(inline="always", **_jit)
+def column_place(task, rows, width, tiles1, tiles2, n1, n2):
+    """(i0, first row a, first column b, rows, columns) of a task of ``column_tasks``."""
+    i0 = task // (tiles1 * tiles2)
+    rest = task - i0 * tiles1 * tiles2
+    t1 = rest // tiles2
+    a = t1 * rows
+    b = (rest - t1 * tiles2) * width
+    return i0, a, b, min(rows, n1 - a), min(width, n2 - b)
+
+
+@numba.njit(inline="always", **_jit)
+def column_words(columns, q, q_stride, k0, k1, lanes):
+    """Philox of counters q + r * q_stride (r < lanes, lanes a multiple of 16 up to
+    ``columns.shape[1]``): word t of counter r into columns[t, r]. Each counter is one lane, so
+    the loop vectorises as ``_fill_block``'s does, and its words land by column: the words of
+    four consecutive columns for the rows r, with no transposition."""
+    for r in range(lanes):
+        w0, w1, w2, w3 = _philox_counter(q + np.uint64(r) * q_stride, k0, k1)
+        columns[0, r] = np.uint32(w0)
+        columns[1, r] = np.uint32(w1)
+        columns[2, r] = np.uint32(w2)
+        columns[3, r] = np.uint32(w3)
+
+
+@numba.njit(parallel=True, **_jit)
+def select_columns(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, threshold, scale,
+                   shift, dropped):
+    """``select_tiles`` (same arguments, same layouts: axis 1 steps by one element, axis 2 does
+    not, mask stride 1 along axis 2) for a mask stride along axis 1 that is a multiple of 4,
+    as it is for transposed matrices of a width divisible by 4 and channels-last maps with a
+    full mask whose H * W is. Then the rows' words for the same column are word t of counters
+    ``q + r * mask_stride1 / 4``: ``column_words`` makes a Philox lane of each row's counter and
+    writes the words of four columns straight into column order, so a task (up to COLUMN_ROWS
+    rows, whose columns run along memory) has no transposition to do, which in
+    ``select_tiles`` cost as much as the words (channels-last (32, 64, 56, 56) float32 maps:
+    0.58 -> 1.15 G elements/s, 2048 x 2048 transposed 0.56 -> 1.26 here)."""
+    n0, n1, n2 = x.shape
+    tasks, task_rows, width, tiles1, tiles2 = column_tasks(n0, n1, n2)
+    last_kept = np.uint32(threshold - np.uint64(1))
+    q_stride = np.uint64(mask_stride1 // 4)
+    lanes_max = (task_rows + 15) // 16 * 16
+    for task in numba.prange(tasks):
+        i0, a, b, rows, cols = column_place(task, task_rows, width, tiles1, tiles2, n1, n2)
+        columns = np.empty((4, lanes_max), dtype=np.uint32)
+        g = word_offset + np.uint64(i0 * mask_stride0 + a * mask_stride1 + b)
+        skip = np.int64(g & np.uint64(3))  # the same for every row: mask_stride1 % 4 == 0
+        q = g >> np.uint64(2)
+        lanes = (rows + 15) // 16 * 16
+        for j in range((skip + cols + 3) // 4):
+            column_words(columns, q + np.uint64(j), q_stride, k0, k1, lanes)
+            for t in range(4):
+                c = 4 * j + t - skip
+                if 0 <= c < cols:
+                    _affine_span(unit_stride(x[i0, a : a + rows, b + c]),
+                                 unit_stride(out[i0, a : a + rows, b + c]), columns[t], last_kept,
+                                 scale, shift, dropped)
+
+
 @numba.njit(inline="always", **_jit)
 def _affine_span(x_row, out_row, row_words, last_kept, scale, shift, dropped):
     for j in range(x_row.size):
@@ -767,7 +844,7 @@ def _serial_twin(kernel):
 
 SERIAL = {
     kernel: _serial_twin(kernel)
-    for kernel in (select_rows, select_repeated_rows, select_tiles, select_rows_from_bits,
+    for kernel in (select_rows, select_repeated_rows, select_tiles, select_columns, select_rows_from_bits,
                    select_tiles_from_bits, pack_keep_bits, fill_random_bits, fill_keep_flags)
 }
 

@@ -30,13 +30,13 @@ from fastdrop._kernel_cache import discard_stale_kernels
 from fastdrop._numba_half import as_compute, load, store
 from fastdrop._numba_backend import (
     _NO_BITS, _kernel_lock, _key, _plain, _repeats_along_rows, _row_views, _threshold, _tile_views,
-    compute_scalars,
+    compute_scalars, tile_kernel,
 )
 from fastdrop._numba_kernels import (
-    _BUFFER_WORDS, CHUNK, SERIAL_BELOW, TILE_ROWS, TILE_WORDS, _jit, _serial_twin, fill_words,
-    for_size, line_head, philox4x32_10, prefetch_tile_column, repeated_place, repeated_tasks,
-    select_repeated_rows, select_tiles, task_place, task_words, tile_counts, tile_place, unit_rows,
-    word_at,
+    _BUFFER_WORDS, CHUNK, SERIAL_BELOW, TILE_ROWS, TILE_WORDS, _jit, _serial_twin, column_place,
+    column_tasks, column_words, fill_words, for_size, line_head, philox4x32_10,
+    prefetch_tile_column, repeated_place, repeated_tasks, select_repeated_rows, task_place,
+    task_words, tile_counts, tile_place, unit_rows, word_at,
 )
 from fastdrop._numba_bits import bits_float64, float64_bits, pick, unit_span, unit_stride
 from fastdrop._numba_prefetch import CACHE_LINE
@@ -249,6 +249,39 @@ def gaussian_tiles(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, sigm
 
 
 @numba.njit(parallel=True, **_jit)
+def gaussian_columns(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, sigma):
+    """``gaussian_tiles`` for a mask stride along axis 1 that is a multiple of 4, as
+    ``_numba_kernels.select_columns``: each row's counter is a Philox lane, and its words 0, 1
+    and 2, 3 (two Box-Muller pairs) give the multipliers of four consecutive columns."""
+    n0, n1, n2 = x.shape
+    tasks, task_rows, width, tiles1, tiles2 = column_tasks(n0, n1, n2)
+    q_stride = np.uint64(mask_stride1 // 4)
+    lanes_max = (task_rows + 15) // 16 * 16
+    for task in numba.prange(tasks):
+        i0, a, b, rows, cols = column_place(task, task_rows, width, tiles1, tiles2, n1, n2)
+        columns = np.empty((4, lanes_max), dtype=np.uint32)
+        multipliers = np.empty((4, lanes_max), dtype=np.float64)
+        g = word_offset + np.uint64(i0 * mask_stride0 + a * mask_stride1 + b)
+        skip = np.int64(g & np.uint64(3))  # the same for every row: mask_stride1 % 4 == 0
+        q = g >> np.uint64(2)
+        lanes = (rows + 15) // 16 * 16
+        for j in range((skip + cols + 3) // 4):
+            column_words(columns, q + np.uint64(j), q_stride, k0, k1, lanes)
+            for r in range(lanes):
+                z0, z1 = box_muller_pair(np.uint64(columns[0, r]), np.uint64(columns[1, r]))
+                z2, z3 = box_muller_pair(np.uint64(columns[2, r]), np.uint64(columns[3, r]))
+                multipliers[0, r] = 1.0 + sigma * z0
+                multipliers[1, r] = 1.0 + sigma * z1
+                multipliers[2, r] = 1.0 + sigma * z2
+                multipliers[3, r] = 1.0 + sigma * z3
+            for t in range(4):
+                c = 4 * j + t - skip
+                if 0 <= c < cols:
+                    _multiply_span(unit_stride(x[i0, a : a + rows, b + c]),
+                                   unit_stride(out[i0, a : a + rows, b + c]), multipliers[t])
+
+
+@numba.njit(parallel=True, **_jit)
 def gaussian_repeated_rows(x, out, mask_stride0, word_offset, k0, k1, sigma):
     """``gaussian_rows`` for masks that repeat along axis 1 (mask strides (ms0, 0, 1), as
     ``_numba_kernels.select_repeated_rows``, whose tasks it shares): a task makes one chunk of
@@ -384,16 +417,16 @@ def _bias_dropout_add_span(x_row, bias_row, residual_row, out_row, has_bias, row
 
 #: Serial twins of the kernels for problems too small to share out (see ``_numba_kernels``).
 _SERIAL = {kernel: _serial_twin(kernel)
-           for kernel in (alpha_rows, gaussian_rows, gaussian_tiles, gaussian_repeated_rows,
-                          bias_dropout_add_rows, bias_dropout_add_tiles)}
+           for kernel in (alpha_rows, gaussian_rows, gaussian_tiles, gaussian_columns,
+                          gaussian_repeated_rows, bias_dropout_add_rows, bias_dropout_add_tiles)}
 #: Gaussian dropout does about 6x the forward's work per element, so it shares out sooner: from
 #: two tasks (CHUNK elements each) on.
 GAUSSIAN_SERIAL_BELOW = 2 * CHUNK
 
 
 def _for_size(kernel, n_elements: int):
-    serial_below = (GAUSSIAN_SERIAL_BELOW if kernel in (gaussian_rows, gaussian_tiles, gaussian_repeated_rows)
-                    else SERIAL_BELOW)
+    gaussian = (gaussian_rows, gaussian_tiles, gaussian_columns, gaussian_repeated_rows)
+    serial_below = GAUSSIAN_SERIAL_BELOW if kernel in gaussian else SERIAL_BELOW
     return _SERIAL[kernel] if n_elements < serial_below else kernel
 
 
@@ -414,7 +447,7 @@ def alpha_forward(x, out, *, mask_shape, seed, offset, threshold, affine):
                 continue
             tiles = _tile_views(x_view, out_view, mask_strides) if threshold else None
             if tiles is not None:  # transposed: see select_tiles
-                for_size(select_tiles, x.size)(
+                for_size(tile_kernel(tiles[3]), x.size)(
                     *tiles, np.uint64(word_offset), k0, k1, _threshold(threshold), a, shift, dropped)
                 continue
             kernel(x_view, out_view, *mask_strides, np.uint64(word_offset), k0, k1,
@@ -433,7 +466,7 @@ def gaussian_forward(x, out, *, mask_shape, seed, offset, sigma):
                 continue
             tiles = _tile_views(x_view, out_view, mask_strides)
             if tiles is not None:
-                _for_size(gaussian_tiles, x.size)(*tiles, np.uint64(word_offset), k0, k1, np.float64(sigma))
+                _for_size(gaussian_columns if tiles[3] % 4 == 0 else gaussian_tiles, x.size)(*tiles, np.uint64(word_offset), k0, k1, np.float64(sigma))
                 continue
             kernel(x_view, out_view, *mask_strides, np.uint64(word_offset), k0, k1, np.float64(sigma))
 

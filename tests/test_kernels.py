@@ -142,6 +142,38 @@ def test_repeated_words_and_channels_last(xp, case, offset):
         assert_bitwise_equal(out, expected)
 
 
+# Full masks over views whose unit-stride axis is not the last, with a mask stride along it that
+# is a multiple of 4: the CPU backend's columns kernels (select_columns, gaussian_columns), where a
+# Philox lane per row gives the words of four columns. Rows above COLUMN_ROWS (1024) and columns
+# past a task's width; 20 channels leave lanes past the rows. (base shape, view)
+COLUMNS = {
+    "transposed-tall": ((36, 2100), lambda a: a.T),
+    "transposed-wide": ((2100, 36), lambda a: a.T),
+    "channels-last-full-mask": ((2, 4, 6, 64), lambda a: a.transpose(0, 3, 1, 2)),
+    "channels-last-20-channels": ((3, 4, 5, 20), lambda a: a.transpose(0, 3, 1, 2)),
+    "first-axis-unit": ((7, 8, 40), lambda a: a.transpose(2, 1, 0)),
+}
+
+
+@pytest.mark.parametrize("offset", [0, 1, 3, (1 << 34) - 5])
+@pytest.mark.parametrize("case", COLUMNS)
+def test_columns_of_counters(xp, case, offset):
+    base_shape, view = COLUMNS[case]
+    for dtype in _float_dtypes(xp):
+        base, base_host = _input(xp, base_shape, dtype, seed=6)
+        x, x_host = view(base), view(base_host)
+        y, mask = fastdrop.dropout(x, 0.3, seed=78, offset=offset)
+        assert_bitwise_equal(y, reference.dropout(x_host, 0.3, seed=78, offset=offset))
+        dy_base, dy_base_host = _input(xp, base_shape, dtype, seed=7)
+        dy, dy_host = view(dy_base), view(dy_base_host)  # x's layout: the same kernel from the seed
+        assert_bitwise_equal(fastdrop.dropout_backward(dy, mask),
+                             reference.dropout_backward(dy_host, 0.3, seed=78, offset=offset))
+        y, _ = fastdrop.alpha_dropout(x, 0.3, seed=78, offset=offset)
+        assert_bitwise_equal(y, reference.alpha_dropout(x_host, 0.3, seed=78, offset=offset))
+        y, _ = fastdrop.gaussian_dropout(x, 0.3, seed=78, offset=offset)
+        assert_bitwise_equal(y, reference.gaussian_dropout(x_host, 0.3, seed=78, offset=offset))
+
+
 @pytest.mark.parametrize("mask_shape", [None, (3, 1)], ids=str)
 def test_in_place(xp, mask_shape):
     x, x_host = _input(xp, (3, 1001), np.float64)
