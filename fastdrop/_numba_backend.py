@@ -298,7 +298,8 @@ def apply_bits(dy, out, *, mask_shape, bits, scale):
             tiles = _tile_views(dy_view, out_view, mask_strides)
             if tiles is not None:
                 dy_tiles, out_tiles, stride0, stride1 = tiles
-                kernels.for_size(kernels.select_tiles_from_bits, dy.size)(
+                kernel = kernels.select_columns_from_bits if stride1 % 8 == 0 else kernels.select_tiles_from_bits
+                kernels.for_size(kernel, dy.size)(
                     dy_tiles, out_tiles, mask_base, stride0, stride1, bits, scale_value, zero)
                 continue
             select_rows_from_bits(dy_view, out_view, mask_base, *mask_strides, bits, scale_value, zero,

@@ -380,21 +380,53 @@ def bias_dropout_add_tiles(x, bias, residual, out, has_bias, word_offset, k0, k1
                 by_column[c, r] = row_words[first + c]
             prefetch_tile_column(x, out, i0, a, b, rows, cols, r)
         for c in range(cols):
-            x_column = unit_stride(x[i0, a : a + rows, b + c])
-            residual_column = unit_stride(residual[i0, a : a + rows, b + c])
-            out_column = unit_stride(out[i0, a : a + rows, b + c])
-            column_words = by_column[c]
-            if has_bias:
-                column_bias = load(bias, b + c)
-                for j in range(rows):
-                    value = (load(x_column, j) + column_bias) * scale
-                    store(out_column, j, load(residual_column, j)
-                          + pick(column_words[j] <= last_kept, value, zero))
-            else:
-                for j in range(rows):
-                    value = load(x_column, j) * scale
-                    store(out_column, j, load(residual_column, j)
-                          + pick(column_words[j] <= last_kept, value, zero))
+            _bias_dropout_add_column(x, bias, residual, out, has_bias, i0, a, rows, b + c,
+                                     by_column[c], last_kept, scale, zero)
+
+
+@numba.njit(parallel=True, **_jit)
+def bias_dropout_add_columns(x, bias, residual, out, has_bias, word_offset, k0, k1, threshold,
+                             scale, zero):
+    """``bias_dropout_add_tiles`` for a width that is a multiple of 4 (the mask stride along
+    the rows axis), by ``_numba_kernels.select_columns``'s tasks: a Philox lane per row gives
+    the words of four columns at once."""
+    n0, n1, n2 = x.shape
+    tasks, task_rows, width, tiles1, tiles2 = column_tasks(n0, n1, n2)
+    last_kept = np.uint32(threshold - np.uint64(1))  # 32-bit compare, as in select_rows: t >= 1
+    q_stride = np.uint64(n2 // 4)
+    lanes_max = (task_rows + 15) // 16 * 16
+    for task in numba.prange(tasks):
+        i0, a, b, rows, cols = column_place(task, task_rows, width, tiles1, tiles2, n1, n2)
+        columns = np.empty((4, lanes_max), dtype=np.uint32)
+        g = word_offset + np.uint64((i0 * n1 + a) * n2 + b)
+        skip = np.int64(g & np.uint64(3))  # the same for every row: n2 % 4 == 0
+        q = g >> np.uint64(2)
+        lanes = (rows + 15) // 16 * 16
+        for j in range((skip + cols + 3) // 4):
+            column_words(columns, q + np.uint64(j), q_stride, k0, k1, lanes)
+            for t in range(4):
+                c = 4 * j + t - skip
+                if 0 <= c < cols:
+                    _bias_dropout_add_column(x, bias, residual, out, has_bias, i0, a, rows, b + c,
+                                             columns[t], last_kept, scale, zero)
+
+
+@numba.njit(inline="always", **_jit)
+def _bias_dropout_add_column(x, bias, residual, out, has_bias, i0, a, rows, c, words, last_kept,
+                             scale, zero):
+    """Rows a .. a + rows - 1 of column c (unit stride in every array), word j for row a + j."""
+    x_column = unit_stride(x[i0, a : a + rows, c])
+    residual_column = unit_stride(residual[i0, a : a + rows, c])
+    out_column = unit_stride(out[i0, a : a + rows, c])
+    if has_bias:
+        column_bias = load(bias, c)
+        for j in range(rows):
+            value = (load(x_column, j) + column_bias) * scale
+            store(out_column, j, load(residual_column, j) + pick(words[j] <= last_kept, value, zero))
+    else:
+        for j in range(rows):
+            value = load(x_column, j) * scale
+            store(out_column, j, load(residual_column, j) + pick(words[j] <= last_kept, value, zero))
 
 
 @numba.njit(inline="always", **_jit)
@@ -418,7 +450,8 @@ def _bias_dropout_add_span(x_row, bias_row, residual_row, out_row, has_bias, row
 #: Serial twins of the kernels for problems too small to share out (see ``_numba_kernels``).
 _SERIAL = {kernel: _serial_twin(kernel)
            for kernel in (alpha_rows, gaussian_rows, gaussian_tiles, gaussian_columns,
-                          gaussian_repeated_rows, bias_dropout_add_rows, bias_dropout_add_tiles)}
+                          gaussian_repeated_rows, bias_dropout_add_rows, bias_dropout_add_tiles,
+                          bias_dropout_add_columns)}
 #: Gaussian dropout does about 6x the forward's work per element, so it shares out sooner: from
 #: two tasks (CHUNK elements each) on.
 GAUSSIAN_SERIAL_BELOW = 2 * CHUNK
@@ -493,7 +526,8 @@ def bias_dropout_add(x, bias, residual, out, *, seed, offset, threshold, scale):
     x, bias_values, residual, out = (_plain(a) for a in (x, bias_values, residual, out))
     if _columns_contiguous(x, residual, out):
         with _kernel_lock:
-            _for_size(bias_dropout_add_tiles, x.size)(
+            tiles = bias_dropout_add_columns if x.shape[1] % 4 == 0 else bias_dropout_add_tiles
+            _for_size(tiles, x.size)(
                 x[None], bias_values, residual[None], out[None], has_bias, np.uint64(offset), k0,
                 k1, _threshold(threshold), scale_value, zero)
         return

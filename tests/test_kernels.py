@@ -134,24 +134,27 @@ def test_repeated_words_and_channels_last(xp, case, offset):
         assert_bitwise_equal(fastdrop.dropout_backward(dy, seed_only), expected_dx)  # from the seed
         out = xp.empty_like(x)  # same layout as x
         assert fastdrop.dropout(x, 0.3, seed=77, offset=offset, mask_shape=mask_shape, out=out)[0] is out
+        assert_bitwise_equal(out, expected)
         # The variants with the same masks (select_repeated_rows's affine map, gaussian_repeated_rows).
         y, _ = fastdrop.alpha_dropout(x, 0.3, seed=77, offset=offset, mask_shape=mask_shape)
         assert_bitwise_equal(y, reference.alpha_dropout(x_host, 0.3, seed=77, offset=offset, mask_shape=mask_shape))
         y, _ = fastdrop.gaussian_dropout(x, 0.3, seed=77, offset=offset, mask_shape=mask_shape)
         assert_bitwise_equal(y, reference.gaussian_dropout(x_host, 0.3, seed=77, offset=offset, mask_shape=mask_shape))
-        assert_bitwise_equal(out, expected)
 
 
 # Full masks over views whose unit-stride axis is not the last, with a mask stride along it that
 # is a multiple of 4: the CPU backend's columns kernels (select_columns, gaussian_columns), where a
-# Philox lane per row gives the words of four columns. Rows above COLUMN_ROWS (1024) and columns
-# past a task's width; 20 channels leave lanes past the rows. (base shape, view)
+# Philox lane per row gives the words of four columns (bias_dropout_add_columns too; from bits,
+# select_columns_from_bits, a multiple of 8). Rows above
+# COLUMN_ROWS (1024) and columns past a task's width; 20 channels leave lanes past the rows.
+# (base shape, view)
 COLUMNS = {
-    "transposed-tall": ((36, 2100), lambda a: a.T),
+    "transposed-tall": ((40, 2100), lambda a: a.T),
     "transposed-wide": ((2100, 36), lambda a: a.T),
     "channels-last-full-mask": ((2, 4, 6, 64), lambda a: a.transpose(0, 3, 1, 2)),
     "channels-last-20-channels": ((3, 4, 5, 20), lambda a: a.transpose(0, 3, 1, 2)),
     "first-axis-unit": ((7, 8, 40), lambda a: a.transpose(2, 1, 0)),
+    "transposed-odd-width": ((37, 2050), lambda a: a.T),  # not a multiple of 4: the tile kernels
 }
 
 
@@ -162,16 +165,27 @@ def test_columns_of_counters(xp, case, offset):
     for dtype in _float_dtypes(xp):
         base, base_host = _input(xp, base_shape, dtype, seed=6)
         x, x_host = view(base), view(base_host)
-        y, mask = fastdrop.dropout(x, 0.3, seed=78, offset=offset)
+        y, mask = fastdrop.dropout(x, 0.3, seed=78, offset=offset, keep_bits=True)
         assert_bitwise_equal(y, reference.dropout(x_host, 0.3, seed=78, offset=offset))
         dy_base, dy_base_host = _input(xp, base_shape, dtype, seed=7)
-        dy, dy_host = view(dy_base), view(dy_base_host)  # x's layout: the same kernel from the seed
-        assert_bitwise_equal(fastdrop.dropout_backward(dy, mask),
-                             reference.dropout_backward(dy_host, 0.3, seed=78, offset=offset))
+        dy, dy_host = view(dy_base), view(dy_base_host)  # x's layout
+        expected_dx = reference.dropout_backward(dy_host, 0.3, seed=78, offset=offset)
+        # From the bits (select_columns_from_bits where the mask stride is a multiple of 8), then
+        # from the seed alone (the forward's kernel).
+        assert_bitwise_equal(fastdrop.dropout_backward(dy, mask), expected_dx)
+        seed_only = fastdrop.DropoutMask(mask.p, mask.seed, mask.offset, mask.shape, mask.input_shape)
+        assert_bitwise_equal(fastdrop.dropout_backward(dy, seed_only), expected_dx)
         y, _ = fastdrop.alpha_dropout(x, 0.3, seed=78, offset=offset)
         assert_bitwise_equal(y, reference.alpha_dropout(x_host, 0.3, seed=78, offset=offset))
         y, _ = fastdrop.gaussian_dropout(x, 0.3, seed=78, offset=offset)
         assert_bitwise_equal(y, reference.gaussian_dropout(x_host, 0.3, seed=78, offset=offset))
+        if x.ndim == 2:  # bias-dropout-add with x, residual and out all in this layout
+            bias_host = dy_host[0].copy()
+            out = view(xp.empty(base_shape, dtype=dtype))
+            expected = reference.bias_dropout_add(x_host, bias_host, dy_host, 0.3, seed=78, offset=offset)
+            y, _ = fastdrop.bias_dropout_add(x, xp.asarray(bias_host), dy, 0.3, seed=78, offset=offset, out=out)
+            assert y is out
+            assert_bitwise_equal(out, expected)
 
 
 @pytest.mark.parametrize("mask_shape", [None, (3, 1)], ids=str)
