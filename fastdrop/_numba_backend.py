@@ -134,7 +134,8 @@ def _row_views(x, out, mask_shape, offset, repeated_rows=False):
     skip the layout analysis in the two common cases: a full mask (one row, a word per element)
     and a channel-style mask, x's leading axes then ones (one row per mask element, one word
     each: spatial dropout's (N, C, 1, 1)). ``repeated_rows``: the caller runs launches whose
-    words repeat along axis 1 with ``select_repeated_rows`` (see ``_unit_axis_last``)."""
+    words repeat along axis 1 with ``select_repeated_rows`` or ``gaussian_repeated_rows`` (see
+    ``_unit_axis_last``)."""
     mask_shape = tuple(mask_shape)
     if x.flags.c_contiguous and out.flags.c_contiguous:
         if mask_shape == x.shape:
@@ -154,9 +155,10 @@ def _row_views(x, out, mask_shape, offset, repeated_rows=False):
 
 #: Rows walked unit axis innermost (``_unit_axis_last``) hold at least this many bytes, except
 #: where their kernel handles short rows well: one word per row, or words repeated along axis 1
-#: for ``select_repeated_rows``. Below it the per-row tasks of the other kernels (alpha dropout,
-#: the backward from bits) cost more than the strided walk (channels-last maps of 16 float32
-#: channels: alpha dropout 33% of a copy walked along W, 4% along C).
+#: for the repeated-rows kernels. Below it the per-row tasks of the other kernels (the backward
+#: from bits; alpha dropout's before it had a repeated-rows path) cost more than the strided walk
+#: (channels-last maps of 16 float32 channels: alpha dropout's rows 33% of a copy walked along W,
+#: 4% along C).
 SHORT_ROW_BYTES = 256
 
 
