@@ -609,13 +609,28 @@ def column_tasks(n0, n1, n2):
 
 @numba.njit(inline="always", **_jit)
 def column_place(task, rows, width, tiles1, tiles2, n1, n2):
-    """(i0, first row a, first column b, rows, columns) of a task of ``column_tasks``."""
+    """(i0, first row a, first column b, rows, columns) of a task of ``column_tasks`` (and of
+    ``tile_place``'s tiles: rows x width tasks, row-major over the tasks of each i0)."""
     i0 = task // (tiles1 * tiles2)
     rest = task - i0 * tiles1 * tiles2
     t1 = rest // tiles2
     a = t1 * rows
     b = (rest - t1 * tiles2) * width
     return i0, a, b, min(rows, n1 - a), min(width, n2 - b)
+
+
+@numba.njit(inline="always", **_jit)
+def column_lanes(rows):
+    """Lanes of ``column_words`` for ``rows`` rows: rounded up to 16 (two vectors of 8)."""
+    return (rows + 15) // 16 * 16
+
+
+@numba.njit(inline="always", **_jit)
+def column_counters(word_offset, i0, a, b, mask_stride0, mask_stride1):
+    """(first counter q, words of it before column b) of the column task at (i0, a, b): row a's,
+    the same place in the counter for every row since mask_stride1 % 4 == 0."""
+    g = word_offset + np.uint64(i0 * mask_stride0 + a * mask_stride1 + b)
+    return g >> np.uint64(2), np.int64(g & np.uint64(3))
 
 
 @numba.njit(inline="always", **_jit)
@@ -648,16 +663,12 @@ def select_columns(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, thre
     tasks, task_rows, width, tiles1, tiles2 = column_tasks(n0, n1, n2)
     last_kept = np.uint32(threshold - np.uint64(1))
     q_stride = np.uint64(mask_stride1 // 4)
-    lanes_max = (task_rows + 15) // 16 * 16
     for task in numba.prange(tasks):
         i0, a, b, rows, cols = column_place(task, task_rows, width, tiles1, tiles2, n1, n2)
-        columns = np.empty((4, lanes_max), dtype=np.uint32)
-        g = word_offset + np.uint64(i0 * mask_stride0 + a * mask_stride1 + b)
-        skip = np.int64(g & np.uint64(3))  # the same for every row: mask_stride1 % 4 == 0
-        q = g >> np.uint64(2)
-        lanes = (rows + 15) // 16 * 16
+        columns = np.empty((4, column_lanes(task_rows)), dtype=np.uint32)
+        q, skip = column_counters(word_offset, i0, a, b, mask_stride0, mask_stride1)
         for j in range((skip + cols + 3) // 4):
-            column_words(columns, q + np.uint64(j), q_stride, k0, k1, lanes)
+            column_words(columns, q + np.uint64(j), q_stride, k0, k1, column_lanes(rows))
             for t in range(4):
                 c = 4 * j + t - skip
                 if 0 <= c < cols:
@@ -729,12 +740,7 @@ def tile_counts(n1, n2):
 @numba.njit(inline="always", **_jit)
 def tile_place(task, tiles1, tiles2, n1, n2):
     """(i0, first row a, first column b, rows, columns) of a tile task, row-major over tiles."""
-    i0 = task // (tiles1 * tiles2)
-    rest = task - i0 * tiles1 * tiles2
-    t1 = rest // tiles2
-    a = t1 * TILE_ROWS
-    b = (rest - t1 * tiles2) * TILE_WORDS
-    return i0, a, b, min(TILE_ROWS, n1 - a), min(TILE_WORDS, n2 - b)
+    return column_place(task, TILE_ROWS, TILE_WORDS, tiles1, tiles2, n1, n2)
 
 
 @numba.njit(inline="always", **_jit)

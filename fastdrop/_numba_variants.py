@@ -33,10 +33,10 @@ from fastdrop._numba_backend import (
     compute_scalars, tile_kernel,
 )
 from fastdrop._numba_kernels import (
-    _BUFFER_WORDS, CHUNK, SERIAL_BELOW, TILE_ROWS, TILE_WORDS, _jit, _serial_twin, column_place,
-    column_tasks, column_words, fill_words, for_size, line_head, philox4x32_10,
-    prefetch_tile_column, repeated_place, repeated_tasks, select_repeated_rows, task_place,
-    task_words, tile_counts, tile_place, unit_rows, word_at,
+    _BUFFER_WORDS, CHUNK, SERIAL_BELOW, TILE_ROWS, TILE_WORDS, _jit, _serial_twin,
+    column_counters, column_lanes, column_place, column_tasks, column_words, fill_words,
+    for_size, line_head, philox4x32_10, prefetch_tile_column, repeated_place, repeated_tasks,
+    select_repeated_rows, task_place, task_words, tile_counts, tile_place, unit_rows, word_at,
 )
 from fastdrop._numba_bits import bits_float64, float64_bits, pick, unit_span, unit_stride
 from fastdrop._numba_prefetch import CACHE_LINE
@@ -256,15 +256,12 @@ def gaussian_columns(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, si
     n0, n1, n2 = x.shape
     tasks, task_rows, width, tiles1, tiles2 = column_tasks(n0, n1, n2)
     q_stride = np.uint64(mask_stride1 // 4)
-    lanes_max = (task_rows + 15) // 16 * 16
     for task in numba.prange(tasks):
         i0, a, b, rows, cols = column_place(task, task_rows, width, tiles1, tiles2, n1, n2)
-        columns = np.empty((4, lanes_max), dtype=np.uint32)
-        multipliers = np.empty((4, lanes_max), dtype=np.float64)
-        g = word_offset + np.uint64(i0 * mask_stride0 + a * mask_stride1 + b)
-        skip = np.int64(g & np.uint64(3))  # the same for every row: mask_stride1 % 4 == 0
-        q = g >> np.uint64(2)
-        lanes = (rows + 15) // 16 * 16
+        columns = np.empty((4, column_lanes(task_rows)), dtype=np.uint32)
+        multipliers = np.empty((4, column_lanes(task_rows)), dtype=np.float64)
+        q, skip = column_counters(word_offset, i0, a, b, mask_stride0, mask_stride1)
+        lanes = column_lanes(rows)
         for j in range((skip + cols + 3) // 4):
             column_words(columns, q + np.uint64(j), q_stride, k0, k1, lanes)
             for r in range(lanes):
@@ -394,16 +391,12 @@ def bias_dropout_add_columns(x, bias, residual, out, has_bias, word_offset, k0, 
     tasks, task_rows, width, tiles1, tiles2 = column_tasks(n0, n1, n2)
     last_kept = np.uint32(threshold - np.uint64(1))  # 32-bit compare, as in select_rows: t >= 1
     q_stride = np.uint64(n2 // 4)
-    lanes_max = (task_rows + 15) // 16 * 16
     for task in numba.prange(tasks):
         i0, a, b, rows, cols = column_place(task, task_rows, width, tiles1, tiles2, n1, n2)
-        columns = np.empty((4, lanes_max), dtype=np.uint32)
-        g = word_offset + np.uint64((i0 * n1 + a) * n2 + b)
-        skip = np.int64(g & np.uint64(3))  # the same for every row: n2 % 4 == 0
-        q = g >> np.uint64(2)
-        lanes = (rows + 15) // 16 * 16
+        columns = np.empty((4, column_lanes(task_rows)), dtype=np.uint32)
+        q, skip = column_counters(word_offset, i0, a, b, n1 * n2, n2)
         for j in range((skip + cols + 3) // 4):
-            column_words(columns, q + np.uint64(j), q_stride, k0, k1, lanes)
+            column_words(columns, q + np.uint64(j), q_stride, k0, k1, column_lanes(rows))
             for t in range(4):
                 c = 4 * j + t - skip
                 if 0 <= c < cols:

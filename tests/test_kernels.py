@@ -111,6 +111,7 @@ REPEATED = {
     "sequence-mask-three-chunks": ((2, 5, 9000), lambda a: a, (2, 1, 9000)),
     "sequence-mask-rows-apart": ((3, 41, 80), lambda a: a[:, :, 5:69], (3, 1, 64)),
     "sequence-mask-reversed": ((3, 41, 80), lambda a: a[:, ::-1, :], (3, 1, 80)),
+    "sequence-mask-strided-rows": ((3, 41, 160), lambda a: a[:, :, ::2], (3, 1, 80)),
     "first-axis-fastest": ((9, 6, 64), lambda a: a.transpose(2, 1, 0), (64, 1, 1)),
 }
 
@@ -140,6 +141,9 @@ def test_repeated_words_and_channels_last(xp, case, offset):
         assert_bitwise_equal(y, reference.alpha_dropout(x_host, 0.3, seed=77, offset=offset, mask_shape=mask_shape))
         y, _ = fastdrop.gaussian_dropout(x, 0.3, seed=77, offset=offset, mask_shape=mask_shape)
         assert_bitwise_equal(y, reference.gaussian_dropout(x_host, 0.3, seed=77, offset=offset, mask_shape=mask_shape))
+        for p in (1.0, 1e-12):  # thresholds 0 (alpha_rows drops all) and 2**32 (all kept)
+            y, _ = fastdrop.alpha_dropout(x, p, seed=77, offset=offset, mask_shape=mask_shape)
+            assert_bitwise_equal(y, reference.alpha_dropout(x_host, p, seed=77, offset=offset, mask_shape=mask_shape))
 
 
 # Full masks over views whose unit-stride axis is not the last, with a mask stride along it that
@@ -154,11 +158,13 @@ COLUMNS = {
     "channels-last-full-mask": ((2, 4, 6, 64), lambda a: a.transpose(0, 3, 1, 2)),
     "channels-last-20-channels": ((3, 4, 5, 20), lambda a: a.transpose(0, 3, 1, 2)),
     "first-axis-unit": ((7, 8, 40), lambda a: a.transpose(2, 1, 0)),
+    "transposed-small": ((36, 16), lambda a: a.T),  # serial twins
+    "channels-last-1100-channels": ((2, 4, 4, 1100), lambda a: a.transpose(0, 3, 1, 2)),
     "transposed-odd-width": ((37, 2050), lambda a: a.T),  # not a multiple of 4: the tile kernels
 }
 
 
-@pytest.mark.parametrize("offset", [0, 1, 3, (1 << 34) - 5])
+@pytest.mark.parametrize("offset", [0, 1, 2, 3, (1 << 34) - 5])
 @pytest.mark.parametrize("case", COLUMNS)
 def test_columns_of_counters(xp, case, offset):
     base_shape, view = COLUMNS[case]
@@ -175,17 +181,19 @@ def test_columns_of_counters(xp, case, offset):
         assert_bitwise_equal(fastdrop.dropout_backward(dy, mask), expected_dx)
         seed_only = fastdrop.DropoutMask(mask.p, mask.seed, mask.offset, mask.shape, mask.input_shape)
         assert_bitwise_equal(fastdrop.dropout_backward(dy, seed_only), expected_dx)
-        y, _ = fastdrop.alpha_dropout(x, 0.3, seed=78, offset=offset)
-        assert_bitwise_equal(y, reference.alpha_dropout(x_host, 0.3, seed=78, offset=offset))
+        for p in (0.3, 1.0, 1e-12):  # thresholds 0 (tiles and columns need one: alpha_rows) and 2**32
+            y, _ = fastdrop.alpha_dropout(x, p, seed=78, offset=offset)
+            assert_bitwise_equal(y, reference.alpha_dropout(x_host, p, seed=78, offset=offset))
         y, _ = fastdrop.gaussian_dropout(x, 0.3, seed=78, offset=offset)
         assert_bitwise_equal(y, reference.gaussian_dropout(x_host, 0.3, seed=78, offset=offset))
         if x.ndim == 2:  # bias-dropout-add with x, residual and out all in this layout
-            bias_host = dy_host[0].copy()
-            out = view(xp.empty(base_shape, dtype=dtype))
-            expected = reference.bias_dropout_add(x_host, bias_host, dy_host, 0.3, seed=78, offset=offset)
-            y, _ = fastdrop.bias_dropout_add(x, xp.asarray(bias_host), dy, 0.3, seed=78, offset=offset, out=out)
-            assert y is out
-            assert_bitwise_equal(out, expected)
+            for bias_host in (dy_host[0].copy(), None):
+                bias = None if bias_host is None else xp.asarray(bias_host)
+                out = view(xp.empty(base_shape, dtype=dtype))
+                expected = reference.bias_dropout_add(x_host, bias_host, dy_host, 0.3, seed=78, offset=offset)
+                y, _ = fastdrop.bias_dropout_add(x, bias, dy, 0.3, seed=78, offset=offset, out=out)
+                assert y is out
+                assert_bitwise_equal(out, expected)
 
 
 @pytest.mark.parametrize("mask_shape", [None, (3, 1)], ids=str)
