@@ -300,7 +300,9 @@ def apply_bits(dy, out, *, mask_shape, bits, scale):
             tiles = _tile_views(dy_view, out_view, mask_strides)
             if tiles is not None:
                 dy_tiles, out_tiles, stride0, stride1 = tiles
-                kernel = kernels.select_columns_from_bits if stride1 % 8 == 0 else kernels.select_tiles_from_bits
+                # Columns where a row's flags for 8 columns are one byte (see select_columns_from_bits).
+                kernel = (kernels.select_columns_from_bits if stride1 % 8 == 0
+                          else kernels.select_tiles_from_bits)
                 kernels.for_size(kernel, dy.size)(
                     dy_tiles, out_tiles, mask_base, stride0, stride1, bits, scale_value, zero)
                 continue

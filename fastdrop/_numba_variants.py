@@ -492,7 +492,8 @@ def gaussian_forward(x, out, *, mask_shape, seed, offset, sigma):
                 continue
             tiles = _tile_views(x_view, out_view, mask_strides)
             if tiles is not None:
-                _for_size(gaussian_columns if tiles[3] % 4 == 0 else gaussian_tiles, x.size)(*tiles, np.uint64(word_offset), k0, k1, np.float64(sigma))
+                tile_kernel_ = gaussian_columns if tiles[3] % 4 == 0 else gaussian_tiles
+                _for_size(tile_kernel_, x.size)(*tiles, np.uint64(word_offset), k0, k1, np.float64(sigma))
                 continue
             kernel(x_view, out_view, *mask_strides, np.uint64(word_offset), k0, k1, np.float64(sigma))
 
@@ -519,8 +520,8 @@ def bias_dropout_add(x, bias, residual, out, *, seed, offset, threshold, scale):
     x, bias_values, residual, out = (_plain(a) for a in (x, bias_values, residual, out))
     if _columns_contiguous(x, residual, out):
         with _kernel_lock:
-            tiles = bias_dropout_add_columns if x.shape[1] % 4 == 0 else bias_dropout_add_tiles
-            _for_size(tiles, x.size)(
+            tile_kernel_ = bias_dropout_add_columns if x.shape[1] % 4 == 0 else bias_dropout_add_tiles
+            _for_size(tile_kernel_, x.size)(
                 x[None], bias_values, residual[None], out[None], has_bias, np.uint64(offset), k0,
                 k1, _threshold(threshold), scale_value, zero)
         return
