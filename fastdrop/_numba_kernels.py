@@ -24,6 +24,7 @@ import types
 import numba
 import numpy as np
 
+from fastdrop import _compile_labels
 from fastdrop._kernel_cache import discard_stale_kernels
 from fastdrop._contract import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 from fastdrop._numba_half import load, store
@@ -38,6 +39,7 @@ CHUNK = 4032
 _BUFFER_WORDS = CHUNK + 8
 
 discard_stale_kernels()  # before any cached kernel loads: see _kernel_cache
+_compile_labels.install()  # block labels that stay short over many compilations: see there
 
 _M0 = np.uint64(PHILOX_M0)
 _M1 = np.uint64(PHILOX_M1)

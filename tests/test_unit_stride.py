@@ -175,8 +175,20 @@ def test_f_ordered_rank3_and_broadcast_masks(dtype):
         assert_bitwise_equal(fastdrop.dropout_backward(view, mask), expected)
 
 
-def test_transposed_launches_take_the_tiles(monkeypatch):
-    """The tests above go through the tile kernels (not the row kernels' strided fallback)."""
+# Widths (the mask stride along a transposed view's unit-stride axis) for each tile kernel: not a
+# multiple of 4, the transposing tiles; a multiple of 4, the columns kernels (from bits a multiple
+# of 8; 100 is not, so its backward from bits takes the tiles).
+KERNELS_BY_WIDTH = [
+    (102, "select_tiles", "select_tiles_from_bits"),
+    (100, "select_columns", "select_tiles_from_bits"),
+    (104, "select_columns", "select_columns_from_bits"),
+]
+
+
+@pytest.mark.parametrize("width, forward, from_bits", KERNELS_BY_WIDTH, ids=str)
+def test_transposed_launches_take_the_tiles_or_columns(monkeypatch, width, forward, from_bits):
+    """The tests above go through the tile or columns kernels (not the row kernels' strided
+    fallback)."""
     from fastdrop import _numba_kernels as kernels
 
     used = []
@@ -187,13 +199,13 @@ def test_transposed_launches_take_the_tiles(monkeypatch):
         return original(kernel, n)
 
     monkeypatch.setattr(kernels, "for_size", recording)
-    x = _transposed((100, 100), np.float32, 4)
+    x = _transposed((100, width), np.float32, 4)
     _, mask = fastdrop.dropout(x, 0.3, seed=1, keep_bits=True)
     fastdrop.dropout_backward(x, mask)
-    assert "select_tiles" in used and "select_tiles_from_bits" in used
+    assert forward in used and from_bits in used
     used.clear()
     fastdrop.dropout(np.ascontiguousarray(x), 0.3, seed=1)
-    assert "select_tiles" not in used
+    assert not {"select_tiles", "select_columns"} & set(used)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -240,14 +252,15 @@ def test_dropout_tiles_keep_the_sign_of_zero():
     assert np.signbit(y).any()
 
 
-def test_transposed_alpha_takes_the_tiles(monkeypatch):
+@pytest.mark.parametrize("width, kernel", [(102, "select_tiles"), (100, "select_columns")])
+def test_transposed_alpha_takes_the_tiles_or_columns(monkeypatch, width, kernel):
     from fastdrop import _numba_kernels, _numba_variants
 
     used = []
     original = _numba_variants.for_size
     monkeypatch.setattr(_numba_variants, "for_size", lambda kernel, n: used.append(kernel) or original(kernel, n))
-    fastdrop.alpha_dropout(_transposed((100, 100), np.float32, 4), 0.3, seed=1)
-    assert used == [_numba_kernels.select_tiles]
+    fastdrop.alpha_dropout(_transposed((100, width), np.float32, 4), 0.3, seed=1)
+    assert used == [getattr(_numba_kernels, kernel)]
 
 
 @pytest.mark.parametrize("shape", TILE_SHAPES, ids=str)
@@ -265,15 +278,16 @@ def test_transposed_gaussian_dropout(dtype, shape):
     assert_bitwise_equal(inplace, reference.gaussian_dropout(dense, 0.3, seed=41))
 
 
-def test_transposed_gaussian_takes_the_tiles(monkeypatch):
+@pytest.mark.parametrize("width, kernel", [(102, "gaussian_tiles"), (100, "gaussian_columns")])
+def test_transposed_gaussian_takes_the_tiles_or_columns(monkeypatch, width, kernel):
     from fastdrop import _numba_variants
 
     used = []
     original = _numba_variants._for_size
     monkeypatch.setattr(_numba_variants, "_for_size",
                         lambda kernel, n: used.append(kernel) or original(kernel, n))
-    fastdrop.gaussian_dropout(_transposed((100, 100), np.float32, 4), 0.3, seed=1)
-    assert _numba_variants.gaussian_tiles in used
+    fastdrop.gaussian_dropout(_transposed((100, width), np.float32, 4), 0.3, seed=1)
+    assert getattr(_numba_variants, kernel) in used
 
 
 @pytest.mark.parametrize("shape", TILE_SHAPES, ids=str)
@@ -296,14 +310,15 @@ def test_transposed_bias_dropout_add(dtype, shape):
         assert_bitwise_equal(inplace, expected)
 
 
-def test_transposed_bias_dropout_add_takes_the_tiles(monkeypatch):
+@pytest.mark.parametrize("width, kernel", [(102, "bias_dropout_add_tiles"), (100, "bias_dropout_add_columns")])
+def test_transposed_bias_dropout_add_takes_the_tiles_or_columns(monkeypatch, width, kernel):
     from fastdrop import _numba_variants
 
     used = []
     original = _numba_variants._for_size
     monkeypatch.setattr(_numba_variants, "_for_size",
                         lambda kernel, n: used.append(kernel) or original(kernel, n))
-    x = _transposed((100, 100), np.float32, 4)
-    fastdrop.bias_dropout_add(x, np.ones(100, np.float32), x.copy(order="F"), 0.3, seed=1,
-                              out=np.empty((100, 100), np.float32, order="F"))
-    assert used == [_numba_variants.bias_dropout_add_tiles]
+    x = _transposed((100, width), np.float32, 4)
+    fastdrop.bias_dropout_add(x, np.ones(width, np.float32), x.copy(order="F"), 0.3, seed=1,
+                              out=np.empty((100, width), np.float32, order="F"))
+    assert used == [getattr(_numba_variants, kernel)]
