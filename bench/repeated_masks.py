@@ -10,7 +10,10 @@ is G elements/s and its share of ``np.copyto`` between two arrays of that layout
 the same bytes). Rounds are interleaved and the median kept, as in ``bench/targets.py``; run it
 with ``PYTHONPATH`` pointing at another checkout to compare code.
 
-    .venv/bin/python bench/repeated_masks.py [--rounds 5] [--channels 64]
+    .venv/bin/python bench/repeated_masks.py [--rounds 5] [--channels 64] [--batch 32] [--size 56]
+
+``--size`` is H = W of the maps: 7 gives 7 x 7 maps, whose full mask over channels-last memory
+has an odd stride (49 words) from one channel to the next (the columns kernels' shifted words).
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ import fastdrop
 from targets import _best_of, machine_line  # bench/targets.py, beside this script
 
 
-def _cases(channels: int) -> dict:
-    n, h, w = 32, 56, 56
+def _cases(channels: int, n: int = 32, size: int = 56) -> dict:
+    h = w = size
     t, f = 512, 256
     return {
         "NCHW channel": ((n, channels, h, w), lambda a: a, (n, channels, 1, 1)),
@@ -57,9 +60,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--channels", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32, help="N of the feature maps")
+    parser.add_argument("--size", type=int, default=56, help="H = W of the feature maps")
     parser.add_argument("--p", type=float, default=0.1)
     args = parser.parse_args(argv)
-    cases = {name: _calls(*case, args.p) for name, case in _cases(args.channels).items()}
+    cases = {name: _calls(*case, args.p)
+             for name, case in _cases(args.channels, args.batch, args.size).items()}
     for calls, _ in cases.values():
         for call in calls.values():
             call()  # compile and warm
@@ -70,7 +76,8 @@ def main(argv=None) -> int:
                 seconds[name, op].append(_best_of(calls[op], 3))
     median = {key: statistics.median(values) for key, values in seconds.items()}
     print(f"command: {' '.join(sys.argv)}")
-    print(f"float32, p = {args.p}, {args.channels} channels, median of {args.rounds} rounds of best-of-3; "
+    print(f"float32, p = {args.p}, {args.batch} x {args.channels} maps of {args.size} x {args.size}, "
+          f"median of {args.rounds} rounds of best-of-3; "
           "G elements/s (% of np.copyto between arrays of that layout)\n")
     print(" | ".join(("case", "elements", "copyto", *OPS)))
     print(" | ".join(["---"] * (len(OPS) + 3)))

@@ -169,7 +169,7 @@ def _unit_axis_last(launch, itemsize: int, repeated_rows: bool):
     patterns) and its rows are long enough (``SHORT_ROW_BYTES``, or a cache line where the rows
     have one word each or, with ``repeated_rows``, words repeated along axis 1). An element's
     word does not depend on the order of the walk. Other launches (a full mask over a transposed
-    array: ``_tile_views``) as they are."""
+    array: ``_column_views``) as they are."""
 
     def unit(axis):
         return launch.x_strides[axis] == itemsize and launch.out_strides[axis] == itemsize
@@ -186,8 +186,8 @@ def _unit_axis_last(launch, itemsize: int, repeated_rows: bool):
     return launch
 
 
-def _tile_views(x_view, out_view, mask_strides):
-    """(x, out, mask stride 0, mask stride 1) for ``select_tiles`` when a launch's words run
+def _column_views(x_view, out_view, mask_strides):
+    """(x, out, mask stride 0, mask stride 1) for ``select_columns`` when a launch's words run
     across memory: mask stride 1 along the last axis, which does not step by one element in x
     or out, while axis 1 (or axis 0, then swapped with axis 1: only the task order changes)
     does in both and holds at least a cache line. None for every other launch."""
@@ -198,7 +198,7 @@ def _tile_views(x_view, out_view, mask_strides):
         return None
     for axis in (1, 0):
         # Below a cache line of elements along that axis the row walk, whose stride is then
-        # under a line, already uses every line it touches; tiles would only add overhead.
+        # under a line, already uses every line it touches; columns would only add overhead.
         if (x_view.shape[axis] * item >= _CACHE_LINE and x_view.strides[axis] == item
                 and out_view.strides[axis] == item):
             if axis == 0:
@@ -206,13 +206,6 @@ def _tile_views(x_view, out_view, mask_strides):
                 mask_strides = (mask_strides[1], mask_strides[0], 1)
             return x_view, out_view, mask_strides[0], mask_strides[1]
     return None
-
-
-def tile_kernel(mask_stride1: int):
-    """The kernel for ``_tile_views``'s launches: ``select_columns`` where the mask stride
-    along their unit-stride axis is a multiple of 4 (its rows' words then share their place in
-    a Philox counter), else ``select_tiles``."""
-    return kernels.select_columns if mask_stride1 % 4 == 0 else kernels.select_tiles
 
 
 _NO_KEY = np.uint64(0)
@@ -253,10 +246,10 @@ def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
         return
     k0, k1 = _key(seed)
     threshold = _threshold(threshold)
-    rows = [(*row, _tile_views(*row[:3])) for row in _row_views(x, out, mask_shape, offset, True)]
+    rows = [(*row, _column_views(*row[:3])) for row in _row_views(x, out, mask_shape, offset, True)]
     fused_bits = False
     if bits is not None:
-        # Bits are packed in the same pass when a single row (not a tiled launch) covers the
+        # Bits are packed in the same pass when a single row (not a columns launch) covers the
         # whole mask in order (its chunks then start on byte boundaries); otherwise in a second
         # pass over the mask's words.
         n_mask = math.prod(mask_shape)
@@ -265,10 +258,10 @@ def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):
     row_bits = bits if fused_bits else _NO_BITS
     select_rows = kernels.for_size(kernels.select_rows, x.size)
     with _kernel_lock:
-        for x_view, out_view, mask_strides, word_offset, tiles in rows:
-            if tiles is not None:
-                kernels.for_size(tile_kernel(tiles[3]), x.size)(
-                    *tiles, np.uint64(word_offset), k0, k1, threshold, scale_value, -zero, zero)
+        for x_view, out_view, mask_strides, word_offset, columns in rows:
+            if columns is not None:
+                kernels.for_size(kernels.select_columns, x.size)(
+                    *columns, np.uint64(word_offset), k0, k1, threshold, scale_value, -zero, zero)
                 continue
             if _repeats_along_rows(x_view, mask_strides) and row_bits is _NO_BITS:
                 kernels.for_size(kernels.select_repeated_rows, x.size)(
@@ -297,14 +290,10 @@ def apply_bits(dy, out, *, mask_shape, bits, scale):
                     dy_view, out_view, mask_strides[0], np.uint64(mask_base), _NO_KEY, _NO_KEY,
                     _ONE, scale_value, -zero, zero, bits, True)
                 continue
-            tiles = _tile_views(dy_view, out_view, mask_strides)
-            if tiles is not None:
-                dy_tiles, out_tiles, stride0, stride1 = tiles
-                # Columns where a row's flags for 8 columns are one byte (see select_columns_from_bits).
-                kernel = (kernels.select_columns_from_bits if stride1 % 8 == 0
-                          else kernels.select_tiles_from_bits)
-                kernels.for_size(kernel, dy.size)(
-                    dy_tiles, out_tiles, mask_base, stride0, stride1, bits, scale_value, zero)
+            columns = _column_views(dy_view, out_view, mask_strides)
+            if columns is not None:
+                kernels.for_size(kernels.select_columns_from_bits, dy.size)(
+                    *columns[:2], mask_base, *columns[2:], bits, scale_value, zero)
                 continue
             select_rows_from_bits(dy_view, out_view, mask_base, *mask_strides, bits, scale_value, zero,
                                   stream)

@@ -495,7 +495,7 @@ def repeated_place(task, chunks_per_row, groups, per_task, n1, n2):
 @numba.njit(parallel=True, **_jit)
 def select_repeated_rows(x, out, mask_stride0, word_offset, k0, k1, threshold, scale, shift,
                          dropped, bits, from_bits):
-    """out = where(keep, x * scale + shift, dropped) (as ``select_tiles``: dropout passes shift
+    """out = where(keep, x * scale + shift, dropped) (as ``select_columns``: dropout passes shift
     -0.0 and dropped 0, alpha dropout its affine map) for masks that repeat along axis 1: mask
     strides (ms0, 0, 1), element (i0, i1, i2) using word ``word_offset + i0*ms0 + i2``. Channel
     masks of channels-last maps walked channels innermost (``_numba_backend._unit_axis_last``)
@@ -549,48 +549,6 @@ def _lined_affine_span(x_row, out_row, row_words, last_kept, scale, shift, dropp
     _affine_span(x_row[head:], out_row[head:], row_words[head:], last_kept, scale, shift, dropped)
 
 
-#: A tile of ``select_tiles``: rows along the unit-stride axis 1, words along axis 2. Its words,
-#: by column (64 x 64 uint32, 16 KB), stay in the L1 cache while its columns are selected.
-TILE_ROWS = 64
-TILE_WORDS = 64
-
-
-@numba.njit(parallel=True, **_jit)
-def select_tiles(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, threshold, scale,
-                 shift, dropped):
-    """out = where(keep, x * scale + shift, dropped), the mask as in ``select_rows`` with mask
-    stride 1 along axis 2, for views whose axis 1 steps by one element in both x and out and
-    whose axis 2 does not: a transposed or F-ordered array, where the mask's consecutive words
-    run across memory. Dropout passes shift -0.0 (x * scale + -0.0 is x * scale, bit for bit,
-    -0.0 included) and dropped 0; alpha dropout its affine map.
-
-    ``select_rows`` would walk each row through memory with a large stride, a cache line per
-    element (0.11 G elements/s at 2048 x 2048 float32 here, 5% of a copy of the view). A task
-    here takes a tile of TILE_ROWS x TILE_WORDS elements: it generates each tile row's words
-    (consecutive words: the vectorised Philox), stores them by column, and hints one column's
-    memory lines; then it streams the tile's columns, contiguous in memory, with the same
-    vectorised select as contiguous rows: 0.8-0.9 G elements/s. (Picking each element's word
-    from the row-major words instead, a gather, ran at 0.45.)
-    """
-    n0, n1, n2 = x.shape
-    tiles1, tiles2 = tile_counts(n1, n2)
-    last_kept = np.uint32(threshold - np.uint64(1))  # 32-bit compare, as in select_rows
-    for task in numba.prange(n0 * tiles1 * tiles2):
-        i0, a, b, rows, cols = tile_place(task, tiles1, tiles2, n1, n2)
-        row_words = np.empty(TILE_WORDS + 8, dtype=np.uint32)  # + up to 3 words before the first
-        by_column = np.empty((TILE_WORDS, TILE_ROWS), dtype=np.uint32)
-        for r in range(rows):
-            g = word_offset + np.uint64(i0 * mask_stride0 + (a + r) * mask_stride1 + b)
-            first = fill_words(row_words, g, cols, k0, k1)
-            for c in range(cols):
-                by_column[c, r] = row_words[first + c]
-            prefetch_tile_column(x, out, i0, a, b, rows, cols, r)
-        for c in range(cols):
-            _affine_span(unit_stride(x[i0, a : a + rows, b + c]),
-                         unit_stride(out[i0, a : a + rows, b + c]), by_column[c], last_kept,
-                         scale, shift, dropped)
-
-
 #: A task of the columns kernels (``select_columns``): at most this many rows along the
 #: unit-stride axis 1 (4 KB of float32 per column: long runs for the hardware prefetcher), and
 #: about this many elements, so columns of COLUMN_ELEMENTS // rows (a multiple of 4).
@@ -611,8 +569,8 @@ def column_tasks(n0, n1, n2):
 
 @numba.njit(inline="always", **_jit)
 def column_place(task, rows, width, tiles1, tiles2, n1, n2):
-    """(i0, first row a, first column b, rows, columns) of a task of ``column_tasks`` (and of
-    ``tile_place``'s tiles: rows x width tasks, row-major over the tasks of each i0)."""
+    """(i0, first row a, first column b, rows, columns) of a task of ``column_tasks``: rows x
+    width tasks, row-major over the tasks of each i0."""
     i0 = task // (tiles1 * tiles2)
     rest = task - i0 * tiles1 * tiles2
     t1 = rest // tiles2
@@ -628,55 +586,119 @@ def column_lanes(rows):
 
 
 @numba.njit(inline="always", **_jit)
-def column_counters(word_offset, i0, a, b, mask_stride0, mask_stride1):
-    """(first counter q, words of it before column b) of the column task at (i0, a, b): row a's,
-    the same place in the counter for every row since mask_stride1 % 4 == 0."""
-    g = word_offset + np.uint64(i0 * mask_stride0 + a * mask_stride1 + b)
-    return g >> np.uint64(2), np.int64(g & np.uint64(3))
+def column_rows(row_counters, phases, g0, mask_stride1, lanes, cols):
+    """Lays out a column task whose row r (r < lanes) starts at word g0 + r * mask_stride1:
+    the row's first Philox counter into ``row_counters[r]``, the place of its first word in that
+    counter into ``phases[r]``. Returns (shifted, skip, blocks, counters), ``column_block``'s:
+
+    - mask_stride1 % 4 == 0: every row's first word has row 0's place ``skip``, so word t of
+      each row's counter j is column 4j + t - skip (not shifted; one counter per block).
+    - otherwise the places differ from row to row (they repeat every 4 rows). Block j is then
+      columns 4j .. 4j + 3, words phase .. phase + 3 of a row's counters j and j + 1
+      (``column_shift``); a row's last column needs counter (phase + cols - 1) // 4."""
+    for r in range(lanes):
+        g = g0 + np.uint64(r) * np.uint64(mask_stride1)
+        row_counters[r] = g >> np.uint64(2)
+        phases[r] = np.uint32(g & np.uint64(3))
+    if mask_stride1 % 4 == 0:
+        skip = np.int64(phases[0])
+        blocks = (skip + cols + 3) // 4
+        return False, skip, blocks, blocks
+    top = np.int64(max(max(phases[0], phases[1]), max(phases[2], phases[3])))  # lanes >= 16
+    return True, np.int64(0), (cols + 3) // 4, (top + cols - 1) // 4 + 1
 
 
 @numba.njit(inline="always", **_jit)
-def column_words(columns, q, q_stride, k0, k1, lanes):
-    """Philox of counters q + r * q_stride (r < lanes, lanes a multiple of 16 up to
-    ``columns.shape[1]``): word t of counter r into columns[t, r]. Each counter is one lane, so
-    the loop vectorises as ``_fill_block``'s does, and its words land by column: the words of
-    four consecutive columns for the rows r, with no transposition."""
+def column_words(words, at, row_counters, k, k0, k1, lanes):
+    """Philox of counters ``row_counters[r] + k`` (r < lanes, a multiple of 16): word t of
+    row r's counter into ``words[at + t, r]``. Each row is a lane, so the loop vectorises as
+    ``_fill_block``'s does, and the words land by column: four consecutive words of every row,
+    with no transposition."""
     for r in range(lanes):
-        w0, w1, w2, w3 = _philox_counter(q + np.uint64(r) * q_stride, k0, k1)
-        columns[0, r] = np.uint32(w0)
-        columns[1, r] = np.uint32(w1)
-        columns[2, r] = np.uint32(w2)
-        columns[3, r] = np.uint32(w3)
+        w0, w1, w2, w3 = _philox_counter(row_counters[r] + np.uint64(k), k0, k1)
+        words[at, r] = np.uint32(w0)
+        words[at + 1, r] = np.uint32(w1)
+        words[at + 2, r] = np.uint32(w2)
+        words[at + 3, r] = np.uint32(w3)
+
+
+@numba.njit(inline="always", **_jit)
+def column_shift(values, held, fresh, phases, lanes):
+    """``values[held + t, r]`` becomes value ``phases[r] + t`` of the eight held then fresh
+    (a row's counter, then its next one) for t < 4: two steps of selects (by one, then by two
+    places) that vectorise across rows."""
+    for r in range(lanes):
+        by_one = (phases[r] & np.uint32(1)) != 0
+        by_two = (phases[r] & np.uint32(2)) != 0
+        h0, h1, h2, h3 = values[held, r], values[held + 1, r], values[held + 2, r], values[held + 3, r]
+        f0, f1, f2 = values[fresh, r], values[fresh + 1, r], values[fresh + 2, r]
+        s0 = pick(by_one, h1, h0)
+        s1 = pick(by_one, h2, h1)
+        s2 = pick(by_one, h3, h2)
+        s3 = pick(by_one, f0, h3)
+        s4 = pick(by_one, f1, f0)
+        s5 = pick(by_one, f2, f1)
+        values[held, r] = pick(by_two, s2, s0)
+        values[held + 1, r] = pick(by_two, s3, s1)
+        values[held + 2, r] = pick(by_two, s4, s2)
+        values[held + 3, r] = pick(by_two, s5, s3)
+
+
+@numba.njit(inline="always", **_jit)
+def column_block(words, row_counters, phases, j, shifted, counters, k0, k1, lanes):
+    """Block j of a column task laid out by ``column_rows``, in ``words`` (8 x lanes): returns
+    the row of ``words`` from which the words of columns 4j - skip + t (t < 4) lie. Shifted
+    tasks keep a row's last counter for the next block (rows 0-3 and 4-7 take turns)."""
+    if not shifted:
+        column_words(words, 0, row_counters, j, k0, k1, lanes)
+        return 0
+    held = 4 * (j & 1)
+    if j == 0:
+        column_words(words, 0, row_counters, 0, k0, k1, lanes)
+    if j + 1 < counters:
+        column_words(words, 4 - held, row_counters, j + 1, k0, k1, lanes)
+    column_shift(words, held, 4 - held, phases, lanes)
+    return held
 
 
 @numba.njit(parallel=True, **_jit)
 def select_columns(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, threshold, scale,
                    shift, dropped):
-    """``select_tiles`` (same arguments, same layouts: axis 1 steps by one element, axis 2 does
-    not, mask stride 1 along axis 2) for a mask stride along axis 1 that is a multiple of 4,
-    as it is for transposed matrices of a width divisible by 4 and channels-last maps with a
-    full mask whose H * W is. Then the rows' words for the same column are word t of counters
-    ``q + r * mask_stride1 / 4``: ``column_words`` makes a Philox lane of each row's counter and
-    writes the words of four columns straight into column order, so a task (up to COLUMN_ROWS
-    rows, whose columns run along memory) has no transposition to do, which in
-    ``select_tiles`` cost as much as the words (channels-last (32, 64, 56, 56) float32 maps:
-    0.58 -> 1.15 G elements/s, 2048 x 2048 transposed 0.56 -> 1.26 here)."""
+    """out = where(keep, x * scale + shift, dropped), the mask as in ``select_rows`` with mask
+    stride 1 along axis 2, for views whose axis 1 steps by one element in both x and out and
+    whose axis 2 does not: a transposed or F-ordered array, a channels-last map with a full
+    mask, where the mask's consecutive words run across memory. Dropout passes shift -0.0
+    (x * scale + -0.0 is x * scale, bit for bit, -0.0 included) and dropped 0; alpha dropout its
+    affine map.
+
+    ``select_rows`` would walk each row through memory with a large stride, a cache line per
+    element (5% of a copy at 2048 x 2048 float32 here). A task takes up to COLUMN_ROWS rows,
+    whose columns run along memory, and COLUMN_ELEMENTS // rows columns: ``column_words`` makes
+    a Philox lane of each row's counter and its words land in column order (``column_rows``,
+    ``column_block``), so each memory column is selected as a contiguous row would be, with no
+    transposition of the words (which in the earlier tile kernels cost as much as the words:
+    channels-last (32, 64, 56, 56) float32 maps 0.58 -> 1.15 G elements/s, 2048 x 2048
+    transposed 0.56 -> 1.26 here)."""
     n0, n1, n2 = x.shape
     tasks, task_rows, width, tiles1, tiles2 = column_tasks(n0, n1, n2)
-    last_kept = np.uint32(threshold - np.uint64(1))
-    q_stride = np.uint64(mask_stride1 // 4)
+    last_kept = np.uint32(threshold - np.uint64(1))  # 32-bit compare, as in select_rows
     for task in numba.prange(tasks):
         i0, a, b, rows, cols = column_place(task, task_rows, width, tiles1, tiles2, n1, n2)
-        columns = np.empty((4, column_lanes(task_rows)), dtype=np.uint32)
-        q, skip = column_counters(word_offset, i0, a, b, mask_stride0, mask_stride1)
-        for j in range((skip + cols + 3) // 4):
-            column_words(columns, q + np.uint64(j), q_stride, k0, k1, column_lanes(rows))
+        lanes = column_lanes(rows)
+        words = np.empty((8, column_lanes(task_rows)), dtype=np.uint32)
+        row_counters = np.empty(column_lanes(task_rows), dtype=np.uint64)
+        phases = np.empty(column_lanes(task_rows), dtype=np.uint32)
+        g0 = word_offset + np.uint64(i0 * mask_stride0 + a * mask_stride1 + b)
+        shifted, skip, blocks, counters = column_rows(row_counters, phases, g0, mask_stride1,
+                                                      lanes, cols)
+        for j in range(blocks):
+            at = column_block(words, row_counters, phases, j, shifted, counters, k0, k1, lanes)
             for t in range(4):
                 c = 4 * j + t - skip
                 if 0 <= c < cols:
                     _affine_span(unit_stride(x[i0, a : a + rows, b + c]),
-                                 unit_stride(out[i0, a : a + rows, b + c]), columns[t], last_kept,
-                                 scale, shift, dropped)
+                                 unit_stride(out[i0, a : a + rows, b + c]), words[at + t],
+                                 last_kept, scale, shift, dropped)
 
 
 @numba.njit(inline="always", **_jit)
@@ -687,72 +709,34 @@ def _affine_span(x_row, out_row, row_words, last_kept, scale, shift, dropped):
 
 
 @numba.njit(parallel=True, **_jit)
-def select_tiles_from_bits(x, out, mask_base, mask_stride0, mask_stride1, bits, scale, zero):
-    """``select_tiles`` with keep flags read from packed bits at the mask's flat index (the
-    layout of ``select_rows_from_bits`` with mask stride 1 along axis 2)."""
-    n0, n1, n2 = x.shape
-    tiles1, tiles2 = tile_counts(n1, n2)
-    for task in numba.prange(n0 * tiles1 * tiles2):
-        i0, a, b, rows, cols = tile_place(task, tiles1, tiles2, n1, n2)
-        by_column = np.empty((TILE_WORDS, TILE_ROWS), dtype=np.uint8)
-        for r in range(rows):
-            m = mask_base + i0 * mask_stride0 + (a + r) * mask_stride1 + b
-            for c in range(cols):
-                by_column[c, r] = (bits[(m + c) >> 3] >> ((m + c) & 7)) & 1
-            prefetch_tile_column(x, out, i0, a, b, rows, cols, r)
-        for c in range(cols):
-            _select_flags(unit_stride(x[i0, a : a + rows, b + c]),
-                          unit_stride(out[i0, a : a + rows, b + c]), by_column[c], rows, scale,
-                          zero)
-
-
-@numba.njit(parallel=True, **_jit)
 def select_columns_from_bits(x, out, mask_base, mask_stride0, mask_stride1, bits, scale, zero):
-    """``select_tiles_from_bits`` for a mask stride along axis 1 that is a multiple of 8, by
-    ``select_columns``'s tasks: the rows' flags of one column then sit at the same bit of bytes
-    ``mask_stride1 / 8`` apart, so a task gathers one byte per row for eight columns and
-    selects each of them with a shift, instead of reading and transposing a bit per element."""
+    """``select_columns`` with keep flags read from packed bits at the mask's flat index (the
+    layout of ``select_rows_from_bits`` with mask stride 1 along axis 2), by the same tasks:
+    the flags of a row's eight columns 8k .. 8k + 7 are the two bytes at its bit m + 8k shifted
+    by m & 7, gathered once per row for eight columns, each of which is then selected with a
+    shift, instead of reading and transposing a bit per element."""
     n0, n1, n2 = x.shape
     tasks, task_rows, width, tiles1, tiles2 = column_tasks(n0, n1, n2)
-    byte_stride = mask_stride1 // 8
+    last_byte = bits.size - 1
     for task in numba.prange(tasks):
         i0, a, b, rows, cols = column_place(task, task_rows, width, tiles1, tiles2, n1, n2)
         row_bytes = np.empty(task_rows, dtype=np.uint8)
-        m = mask_base + i0 * mask_stride0 + a * mask_stride1 + b
-        skip = m & 7  # the same for every row: mask_stride1 % 8 == 0
-        for k in range((skip + cols + 7) // 8):
-            at = (m >> 3) + k
+        m0 = mask_base + i0 * mask_stride0 + a * mask_stride1 + b
+        for k in range((cols + 7) // 8):
             for r in range(rows):
-                row_bytes[r] = bits[at + r * byte_stride]
-            for t in range(8):
-                c = 8 * k + t - skip
-                if 0 <= c < cols:
-                    x_column = unit_stride(x[i0, a : a + rows, b + c])
-                    out_column = unit_stride(out[i0, a : a + rows, b + c])
-                    for j in range(rows):
-                        kept = ((row_bytes[j] >> np.uint8(t)) & np.uint8(1)) != 0
-                        store(out_column, j, pick(kept, load(x_column, j) * scale, zero))
-
-
-@numba.njit(inline="always", **_jit)
-def tile_counts(n1, n2):
-    return (n1 + TILE_ROWS - 1) // TILE_ROWS, (n2 + TILE_WORDS - 1) // TILE_WORDS
-
-
-@numba.njit(inline="always", **_jit)
-def tile_place(task, tiles1, tiles2, n1, n2):
-    """(i0, first row a, first column b, rows, columns) of a tile task, row-major over tiles."""
-    return column_place(task, TILE_ROWS, TILE_WORDS, tiles1, tiles2, n1, n2)
-
-
-@numba.njit(inline="always", **_jit)
-def prefetch_tile_column(x, out, i0, a, b, rows, cols, r):
-    """Hint the lines of the tile's column r (while row r's words are made), if there is one."""
-    if r < cols:
-        step = max(1, CACHE_LINE // x.itemsize)  # elements per line along the unit-stride axis 1
-        for k in range(0, rows, step):
-            prefetch(x, (i0, a + k, b + r), False)
-            prefetch(out, (i0, a + k, b + r), True)
+                m = m0 + r * mask_stride1 + 8 * k
+                at = m >> 3
+                # The next byte only holds flags of this block where m & 7 > 0; past the end of
+                # the bits it is never needed.
+                pair = np.uint32(bits[at]) | (np.uint32(bits[min(at + 1, last_byte)]) << np.uint32(8))
+                row_bytes[r] = np.uint8((pair >> np.uint32(m & 7)) & np.uint32(0xFF))
+            for t in range(min(8, cols - 8 * k)):
+                c = 8 * k + t
+                x_column = unit_stride(x[i0, a : a + rows, b + c])
+                out_column = unit_stride(out[i0, a : a + rows, b + c])
+                for j in range(rows):
+                    kept = ((row_bytes[j] >> np.uint8(t)) & np.uint8(1)) != 0
+                    store(out_column, j, pick(kept, load(x_column, j) * scale, zero))
 
 
 @numba.njit(inline="always", **_jit)
@@ -880,9 +864,8 @@ def _serial_twin(kernel):
 
 SERIAL = {
     kernel: _serial_twin(kernel)
-    for kernel in (select_rows, select_repeated_rows, select_tiles, select_columns, select_rows_from_bits,
-                   select_tiles_from_bits, select_columns_from_bits, pack_keep_bits, fill_random_bits,
-                   fill_keep_flags)
+    for kernel in (select_rows, select_repeated_rows, select_columns, select_rows_from_bits,
+                   select_columns_from_bits, pack_keep_bits, fill_random_bits, fill_keep_flags)
 }
 
 

@@ -29,14 +29,14 @@ from fastdrop import reference
 from fastdrop._kernel_cache import discard_stale_kernels
 from fastdrop._numba_half import as_compute, load, store
 from fastdrop._numba_backend import (
-    _NO_BITS, _kernel_lock, _key, _plain, _repeats_along_rows, _row_views, _threshold, _tile_views,
-    compute_scalars, tile_kernel,
+    _NO_BITS, _column_views, _kernel_lock, _key, _plain, _repeats_along_rows, _row_views,
+    _threshold, compute_scalars,
 )
 from fastdrop._numba_kernels import (
-    _BUFFER_WORDS, CHUNK, SERIAL_BELOW, TILE_ROWS, TILE_WORDS, _jit, _serial_twin,
-    column_counters, column_lanes, column_place, column_tasks, column_words, fill_words,
-    for_size, line_head, philox4x32_10, prefetch_tile_column, repeated_place, repeated_tasks,
-    select_repeated_rows, task_place, task_words, tile_counts, tile_place, unit_rows, word_at,
+    _BUFFER_WORDS, CHUNK, SERIAL_BELOW, _jit, _serial_twin, column_block, column_lanes,
+    column_place, column_rows, column_shift, column_tasks, column_words, fill_words, for_size,
+    line_head, philox4x32_10, repeated_place, repeated_tasks, select_columns,
+    select_repeated_rows, task_place, task_words, unit_rows, word_at,
 )
 from fastdrop._numba_bits import bits_float64, float64_bits, pick, unit_span, unit_stride
 from fastdrop._numba_prefetch import CACHE_LINE
@@ -226,56 +226,56 @@ def _multipliers(words, multipliers, g, count, k0, k1, sigma):
 
 
 @numba.njit(parallel=True, **_jit)
-def gaussian_tiles(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, sigma):
-    """``gaussian_rows`` for transposed and F-ordered views, by tiles as
-    ``_numba_kernels.select_tiles``: each tile row's multipliers are made from consecutive
-    words, stored by column, and the tile's memory columns are multiplied."""
-    n0, n1, n2 = x.shape
-    tiles1, tiles2 = tile_counts(n1, n2)
-    for task in numba.prange(n0 * tiles1 * tiles2):
-        i0, a, b, rows, cols = tile_place(task, tiles1, tiles2, n1, n2)
-        words = np.empty(TILE_WORDS + 8, dtype=np.uint32)
-        row_multipliers = np.empty(TILE_WORDS + 8, dtype=np.float64)
-        by_column = np.empty((TILE_WORDS, TILE_ROWS), dtype=np.float64)
-        for r in range(rows):
-            g = word_offset + np.uint64(i0 * mask_stride0 + (a + r) * mask_stride1 + b)
-            at = _multipliers(words, row_multipliers, g, cols, k0, k1, sigma)
-            for c in range(cols):
-                by_column[c, r] = row_multipliers[at + c]
-            prefetch_tile_column(x, out, i0, a, b, rows, cols, r)
-        for c in range(cols):
-            _multiply_span(unit_stride(x[i0, a : a + rows, b + c]),
-                           unit_stride(out[i0, a : a + rows, b + c]), by_column[c])
-
-
-@numba.njit(parallel=True, **_jit)
 def gaussian_columns(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, sigma):
-    """``gaussian_tiles`` for a mask stride along axis 1 that is a multiple of 4, as
-    ``_numba_kernels.select_columns``: each row's counter is a Philox lane, and its words 0, 1
-    and 2, 3 (two Box-Muller pairs) give the multipliers of four consecutive columns."""
+    """``gaussian_rows`` for transposed and F-ordered views (the layouts of
+    ``_numba_kernels.select_columns``, by its tasks): each row's counter is a Philox lane, its
+    words 0, 1 and 2, 3 (two Box-Muller pairs) give the multipliers of four consecutive words,
+    and where rows start at different places in their counters the multipliers are shifted
+    into column order as the words are there (``column_shift``)."""
     n0, n1, n2 = x.shape
     tasks, task_rows, width, tiles1, tiles2 = column_tasks(n0, n1, n2)
-    q_stride = np.uint64(mask_stride1 // 4)
     for task in numba.prange(tasks):
         i0, a, b, rows, cols = column_place(task, task_rows, width, tiles1, tiles2, n1, n2)
-        columns = np.empty((4, column_lanes(task_rows)), dtype=np.uint32)
-        multipliers = np.empty((4, column_lanes(task_rows)), dtype=np.float64)
-        q, skip = column_counters(word_offset, i0, a, b, mask_stride0, mask_stride1)
         lanes = column_lanes(rows)
-        for j in range((skip + cols + 3) // 4):
-            column_words(columns, q + np.uint64(j), q_stride, k0, k1, lanes)
-            for r in range(lanes):
-                z0, z1 = box_muller_pair(np.uint64(columns[0, r]), np.uint64(columns[1, r]))
-                z2, z3 = box_muller_pair(np.uint64(columns[2, r]), np.uint64(columns[3, r]))
-                multipliers[0, r] = 1.0 + sigma * z0
-                multipliers[1, r] = 1.0 + sigma * z1
-                multipliers[2, r] = 1.0 + sigma * z2
-                multipliers[3, r] = 1.0 + sigma * z3
+        words = np.empty((4, column_lanes(task_rows)), dtype=np.uint32)
+        multipliers = np.empty((8, column_lanes(task_rows)), dtype=np.float64)
+        row_counters = np.empty(column_lanes(task_rows), dtype=np.uint64)
+        phases = np.empty(column_lanes(task_rows), dtype=np.uint32)
+        g0 = word_offset + np.uint64(i0 * mask_stride0 + a * mask_stride1 + b)
+        shifted, skip, blocks, counters = column_rows(row_counters, phases, g0, mask_stride1,
+                                                      lanes, cols)
+        for j in range(blocks):
+            # column_block with multipliers in place of words.
+            if not shifted:
+                _column_multipliers(multipliers, 0, words, row_counters, j, k0, k1, sigma, lanes)
+                at = 0
+            else:
+                at = 4 * (j & 1)
+                if j == 0:
+                    _column_multipliers(multipliers, 0, words, row_counters, 0, k0, k1, sigma, lanes)
+                if j + 1 < counters:
+                    _column_multipliers(multipliers, 4 - at, words, row_counters, j + 1, k0, k1,
+                                        sigma, lanes)
+                column_shift(multipliers, at, 4 - at, phases, lanes)
             for t in range(4):
                 c = 4 * j + t - skip
                 if 0 <= c < cols:
                     _multiply_span(unit_stride(x[i0, a : a + rows, b + c]),
-                                   unit_stride(out[i0, a : a + rows, b + c]), multipliers[t])
+                                   unit_stride(out[i0, a : a + rows, b + c]), multipliers[at + t])
+
+
+@numba.njit(inline="always", **_jit)
+def _column_multipliers(multipliers, at, words, row_counters, k, k0, k1, sigma, lanes):
+    """``1 + sigma * z`` of the four words of counters ``row_counters[r] + k`` into
+    ``multipliers[at + t, r]`` (``column_words``' layout)."""
+    column_words(words, 0, row_counters, k, k0, k1, lanes)
+    for r in range(lanes):
+        z0, z1 = box_muller_pair(np.uint64(words[0, r]), np.uint64(words[1, r]))
+        z2, z3 = box_muller_pair(np.uint64(words[2, r]), np.uint64(words[3, r]))
+        multipliers[at, r] = 1.0 + sigma * z0
+        multipliers[at + 1, r] = 1.0 + sigma * z1
+        multipliers[at + 2, r] = 1.0 + sigma * z2
+        multipliers[at + 3, r] = 1.0 + sigma * z3
 
 
 @numba.njit(parallel=True, **_jit)
@@ -358,50 +358,31 @@ def bias_dropout_add_rows(x, bias, residual, out, has_bias, word_offset, k0, k1,
 
 
 @numba.njit(parallel=True, **_jit)
-def bias_dropout_add_tiles(x, bias, residual, out, has_bias, word_offset, k0, k1, threshold,
-                           scale, zero):
-    """``bias_dropout_add_rows`` for (1, rows, width) views whose rows axis steps by one element
-    in x, residual and out and whose width axis does not (a transposed or F-ordered matrix): by
-    tiles as ``_numba_kernels.select_tiles``, a memory column of a tile sharing one bias value."""
-    n0, n1, n2 = x.shape
-    tiles1, tiles2 = tile_counts(n1, n2)
-    last_kept = np.uint32(threshold - np.uint64(1))  # 32-bit compare, as in select_rows: t >= 1
-    for task in numba.prange(n0 * tiles1 * tiles2):
-        i0, a, b, rows, cols = tile_place(task, tiles1, tiles2, n1, n2)
-        row_words = np.empty(TILE_WORDS + 8, dtype=np.uint32)
-        by_column = np.empty((TILE_WORDS, TILE_ROWS), dtype=np.uint32)
-        for r in range(rows):
-            g = word_offset + np.uint64((i0 * n1 + a + r) * n2 + b)
-            first = fill_words(row_words, g, cols, k0, k1)
-            for c in range(cols):
-                by_column[c, r] = row_words[first + c]
-            prefetch_tile_column(x, out, i0, a, b, rows, cols, r)
-        for c in range(cols):
-            _bias_dropout_add_column(x, bias, residual, out, has_bias, i0, a, rows, b + c,
-                                     by_column[c], last_kept, scale, zero)
-
-
-@numba.njit(parallel=True, **_jit)
 def bias_dropout_add_columns(x, bias, residual, out, has_bias, word_offset, k0, k1, threshold,
                              scale, zero):
-    """``bias_dropout_add_tiles`` for a width that is a multiple of 4 (the mask stride along
-    the rows axis), by ``_numba_kernels.select_columns``'s tasks: a Philox lane per row gives
-    the words of four columns at once."""
+    """``bias_dropout_add_rows`` for (1, rows, width) views whose x, residual and out step by
+    one element down their columns (transposed or F-ordered), by
+    ``_numba_kernels.select_columns``' tasks (mask stride ``width`` along the rows): a Philox
+    lane per row gives the words of four columns at once, and a memory column shares one bias
+    value."""
     n0, n1, n2 = x.shape
     tasks, task_rows, width, tiles1, tiles2 = column_tasks(n0, n1, n2)
     last_kept = np.uint32(threshold - np.uint64(1))  # 32-bit compare, as in select_rows: t >= 1
-    q_stride = np.uint64(n2 // 4)
     for task in numba.prange(tasks):
         i0, a, b, rows, cols = column_place(task, task_rows, width, tiles1, tiles2, n1, n2)
-        columns = np.empty((4, column_lanes(task_rows)), dtype=np.uint32)
-        q, skip = column_counters(word_offset, i0, a, b, n1 * n2, n2)
-        for j in range((skip + cols + 3) // 4):
-            column_words(columns, q + np.uint64(j), q_stride, k0, k1, column_lanes(rows))
+        lanes = column_lanes(rows)
+        words = np.empty((8, column_lanes(task_rows)), dtype=np.uint32)
+        row_counters = np.empty(column_lanes(task_rows), dtype=np.uint64)
+        phases = np.empty(column_lanes(task_rows), dtype=np.uint32)
+        g0 = word_offset + np.uint64(i0 * n1 * n2 + a * n2 + b)
+        shifted, skip, blocks, counters = column_rows(row_counters, phases, g0, n2, lanes, cols)
+        for j in range(blocks):
+            at = column_block(words, row_counters, phases, j, shifted, counters, k0, k1, lanes)
             for t in range(4):
                 c = 4 * j + t - skip
                 if 0 <= c < cols:
                     _bias_dropout_add_column(x, bias, residual, out, has_bias, i0, a, rows, b + c,
-                                             columns[t], last_kept, scale, zero)
+                                             words[at + t], last_kept, scale, zero)
 
 
 @numba.njit(inline="always", **_jit)
@@ -442,16 +423,15 @@ def _bias_dropout_add_span(x_row, bias_row, residual_row, out_row, has_bias, row
 
 #: Serial twins of the kernels for problems too small to share out (see ``_numba_kernels``).
 _SERIAL = {kernel: _serial_twin(kernel)
-           for kernel in (alpha_rows, gaussian_rows, gaussian_tiles, gaussian_columns,
-                          gaussian_repeated_rows, bias_dropout_add_rows, bias_dropout_add_tiles,
-                          bias_dropout_add_columns)}
+           for kernel in (alpha_rows, gaussian_rows, gaussian_columns, gaussian_repeated_rows,
+                          bias_dropout_add_rows, bias_dropout_add_columns)}
 #: Gaussian dropout does about 6x the forward's work per element, so it shares out sooner: from
 #: two tasks (CHUNK elements each) on.
 GAUSSIAN_SERIAL_BELOW = 2 * CHUNK
 
 
 def _for_size(kernel, n_elements: int):
-    gaussian = (gaussian_rows, gaussian_tiles, gaussian_columns, gaussian_repeated_rows)
+    gaussian = (gaussian_rows, gaussian_columns, gaussian_repeated_rows)
     serial_below = GAUSSIAN_SERIAL_BELOW if kernel in gaussian else SERIAL_BELOW
     return _SERIAL[kernel] if n_elements < serial_below else kernel
 
@@ -471,10 +451,11 @@ def alpha_forward(x, out, *, mask_shape, seed, offset, threshold, affine):
                     x_view, out_view, mask_strides[0], np.uint64(word_offset), k0, k1,
                     _threshold(threshold), a, shift, dropped, _NO_BITS, False)
                 continue
-            tiles = _tile_views(x_view, out_view, mask_strides) if threshold else None
-            if tiles is not None:  # transposed: see select_tiles
-                for_size(tile_kernel(tiles[3]), x.size)(
-                    *tiles, np.uint64(word_offset), k0, k1, _threshold(threshold), a, shift, dropped)
+            columns = _column_views(x_view, out_view, mask_strides) if threshold else None
+            if columns is not None:  # transposed: see select_columns
+                for_size(select_columns, x.size)(
+                    *columns, np.uint64(word_offset), k0, k1, _threshold(threshold), a, shift,
+                    dropped)
                 continue
             kernel(x_view, out_view, *mask_strides, np.uint64(word_offset), k0, k1,
                    _threshold(threshold), a, shift, dropped)
@@ -490,17 +471,17 @@ def gaussian_forward(x, out, *, mask_shape, seed, offset, sigma):
                 _for_size(gaussian_repeated_rows, x.size)(
                     x_view, out_view, mask_strides[0], np.uint64(word_offset), k0, k1, np.float64(sigma))
                 continue
-            tiles = _tile_views(x_view, out_view, mask_strides)
-            if tiles is not None:
-                tile_kernel_ = gaussian_columns if tiles[3] % 4 == 0 else gaussian_tiles
-                _for_size(tile_kernel_, x.size)(*tiles, np.uint64(word_offset), k0, k1, np.float64(sigma))
+            columns = _column_views(x_view, out_view, mask_strides)
+            if columns is not None:
+                _for_size(gaussian_columns, x.size)(
+                    *columns, np.uint64(word_offset), k0, k1, np.float64(sigma))
                 continue
             kernel(x_view, out_view, *mask_strides, np.uint64(word_offset), k0, k1, np.float64(sigma))
 
 
 def _columns_contiguous(*matrices) -> bool:
     """Whether the (rows, width) matrices step by one element down their columns and not along
-    their rows, with at least a cache line of rows: ``bias_dropout_add_tiles`` then."""
+    their rows, with at least a cache line of rows: ``bias_dropout_add_columns`` then."""
     rows, width = matrices[0].shape
     item = matrices[0].itemsize
     return (width > 1 and rows * item >= CACHE_LINE
@@ -520,8 +501,7 @@ def bias_dropout_add(x, bias, residual, out, *, seed, offset, threshold, scale):
     x, bias_values, residual, out = (_plain(a) for a in (x, bias_values, residual, out))
     if _columns_contiguous(x, residual, out):
         with _kernel_lock:
-            tile_kernel_ = bias_dropout_add_columns if x.shape[1] % 4 == 0 else bias_dropout_add_tiles
-            _for_size(tile_kernel_, x.size)(
+            _for_size(bias_dropout_add_columns, x.size)(
                 x[None], bias_values, residual[None], out[None], has_bias, np.uint64(offset), k0,
                 k1, _threshold(threshold), scale_value, zero)
         return

@@ -146,12 +146,13 @@ def test_repeated_words_and_channels_last(xp, case, offset):
             assert_bitwise_equal(y, reference.alpha_dropout(x_host, p, seed=77, offset=offset, mask_shape=mask_shape))
 
 
-# Full masks over views whose unit-stride axis is not the last, with a mask stride along it that
-# is a multiple of 4: the CPU backend's columns kernels (select_columns, gaussian_columns), where a
-# Philox lane per row gives the words of four columns (bias_dropout_add_columns too; from bits,
-# select_columns_from_bits, a multiple of 8). Rows above
-# COLUMN_ROWS (1024) and columns past a task's width; 20 channels leave lanes past the rows.
-# (base shape, view)
+# Full masks over views whose unit-stride axis is not the last: the CPU backend's columns kernels
+# (select_columns, gaussian_columns, bias_dropout_add_columns, select_columns_from_bits), where a
+# Philox lane per row gives the words of four columns. With a mask stride along that axis that is
+# a multiple of 4 every row's words sit at the same place in their counters (from bits, a multiple
+# of 8: the same bit of their bytes); other strides (odd, 2 mod 4, 4 mod 8) shift each row's words
+# into place. Rows above COLUMN_ROWS (1024) and columns past a task's width; 20 channels leave
+# lanes past the rows. (base shape, view)
 COLUMNS = {
     "transposed-tall": ((40, 2100), lambda a: a.T),
     "transposed-wide": ((2100, 36), lambda a: a.T),
@@ -160,7 +161,12 @@ COLUMNS = {
     "first-axis-unit": ((7, 8, 40), lambda a: a.transpose(2, 1, 0)),
     "transposed-small": ((36, 16), lambda a: a.T),  # serial twins
     "channels-last-1100-channels": ((2, 4, 4, 1100), lambda a: a.transpose(0, 3, 1, 2)),
-    "transposed-odd-width": ((37, 2050), lambda a: a.T),  # not a multiple of 4: the tile kernels
+    "transposed-odd-width": ((37, 2050), lambda a: a.T),
+    "transposed-width-2-mod-4": ((38, 1100), lambda a: a.T),
+    "transposed-width-4-mod-8": ((20, 300), lambda a: a.T),
+    "transposed-small-odd-width": ((35, 16), lambda a: a.T),  # serial twins
+    "channels-last-7x7-maps": ((2, 7, 7, 48), lambda a: a.transpose(0, 3, 1, 2)),
+    "channels-last-3x5-maps-wide": ((1, 3, 5, 2100), lambda a: a.transpose(0, 3, 1, 2)),
 }
 
 
@@ -176,12 +182,12 @@ def test_columns_of_counters(xp, case, offset):
         dy_base, dy_base_host = _input(xp, base_shape, dtype, seed=7)
         dy, dy_host = view(dy_base), view(dy_base_host)  # x's layout
         expected_dx = reference.dropout_backward(dy_host, 0.3, seed=78, offset=offset)
-        # From the bits (select_columns_from_bits where the mask stride is a multiple of 8), then
-        # from the seed alone (the forward's kernel).
+        # From the bits (select_columns_from_bits), then from the seed alone (the forward's
+        # kernel).
         assert_bitwise_equal(fastdrop.dropout_backward(dy, mask), expected_dx)
         seed_only = fastdrop.DropoutMask(mask.p, mask.seed, mask.offset, mask.shape, mask.input_shape)
         assert_bitwise_equal(fastdrop.dropout_backward(dy, seed_only), expected_dx)
-        for p in (0.3, 1.0, 1e-12):  # thresholds 0 (tiles and columns need one: alpha_rows) and 2**32
+        for p in (0.3, 1.0, 1e-12):  # thresholds 0 (columns need one: alpha_rows) and 2**32
             y, _ = fastdrop.alpha_dropout(x, p, seed=78, offset=offset)
             assert_bitwise_equal(y, reference.alpha_dropout(x_host, p, seed=78, offset=offset))
         y, _ = fastdrop.gaussian_dropout(x, 0.3, seed=78, offset=offset)

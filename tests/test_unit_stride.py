@@ -119,22 +119,24 @@ def test_unit_stride_view_shares_memory():
     assert matrix[2, 1] == 7.5 and np.count_nonzero(matrix) == 1
 
 
-# ------------------------------------------------------- transposed and F-ordered arrays (tiles)
+# ----------------------------------------------------- transposed and F-ordered arrays (columns)
 
-from fastdrop._numba_kernels import TILE_ROWS, TILE_WORDS  # noqa: E402
+from fastdrop._numba_kernels import COLUMN_ROWS  # noqa: E402
 
 TOP = 2**64
-#: Logical shapes of transposed views: partial tiles on either axis, whole tiles, one-element
-#: tiles, and enough elements for the parallel kernels.
-TILE_SHAPES = [(TILE_ROWS - 1, TILE_WORDS + 1), (TILE_ROWS + 1, 2), (2, TILE_WORDS - 1),
-               (2 * TILE_ROWS, 2 * TILE_WORDS), (300, 130)]
+#: Logical shapes of transposed views for the columns kernels: rows (the unit-stride axis) of
+#: one task, of more than one (partial last task), widths (the mask stride along the rows) odd,
+#: 2 mod 4 and multiples of 4 and 8, one to three columns, and enough elements for the parallel
+#: kernels.
+COLUMN_SHAPES = [(63, 65), (65, 2), (2, 63), (128, 128), (300, 130), (COLUMN_ROWS + 3, 7),
+                 (40, 3), (600, 36)]
 
 
 def _transposed(shape, dtype, seed):
     return np.random.default_rng(seed).standard_normal(shape[::-1]).astype(dtype).T
 
 
-@pytest.mark.parametrize("shape", TILE_SHAPES, ids=str)
+@pytest.mark.parametrize("shape", COLUMN_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_transposed_forward_and_backwards(dtype, shape):
     x = _transposed(shape, dtype, 1)
@@ -148,7 +150,7 @@ def test_transposed_forward_and_backwards(dtype, shape):
         assert_bitwise_equal(fastdrop.dropout_backward(x, mask), expected)
         plain = fastdrop.DropoutMask(mask.p, mask.seed, mask.offset, mask.shape, mask.input_shape)
         assert_bitwise_equal(fastdrop.dropout_backward(x, plain), expected)
-        # Into a C-ordered out (no tiles: out's rows are contiguous, x's are not) and in place.
+        # Into a C-ordered out (no columns: out's rows are contiguous, x's are not) and in place.
         out = np.full(shape, np.nan, dtype)
         fastdrop.dropout(x, 0.4, seed=23, offset=offset, out=out)
         assert_bitwise_equal(out, expected)
@@ -175,20 +177,16 @@ def test_f_ordered_rank3_and_broadcast_masks(dtype):
         assert_bitwise_equal(fastdrop.dropout_backward(view, mask), expected)
 
 
-# Widths (the mask stride along a transposed view's unit-stride axis) for each tile kernel: not a
-# multiple of 4, the transposing tiles; a multiple of 4, the columns kernels (from bits a multiple
-# of 8; 100 is not, so its backward from bits takes the tiles).
-KERNELS_BY_WIDTH = [
-    (102, "select_tiles", "select_tiles_from_bits"),
-    (100, "select_columns", "select_tiles_from_bits"),
-    (104, "select_columns", "select_columns_from_bits"),
-]
+#: Widths (the mask stride along a transposed view's unit-stride axis): odd, 2 mod 4, 4 mod 8 and
+#: a multiple of 8 all take the columns kernels.
+WIDTHS = [101, 102, 100, 104]
 
 
-@pytest.mark.parametrize("width, forward, from_bits", KERNELS_BY_WIDTH, ids=str)
-def test_transposed_launches_take_the_tiles_or_columns(monkeypatch, width, forward, from_bits):
-    """The tests above go through the tile or columns kernels (not the row kernels' strided
+@pytest.mark.parametrize("width", WIDTHS)
+def test_transposed_launches_take_the_columns(monkeypatch, width):
+    """The tests above go through the columns kernels (not the row kernels' strided
     fallback)."""
+    forward, from_bits = "select_columns", "select_columns_from_bits"
     from fastdrop import _numba_kernels as kernels
 
     used = []
@@ -205,14 +203,15 @@ def test_transposed_launches_take_the_tiles_or_columns(monkeypatch, width, forwa
     assert forward in used and from_bits in used
     used.clear()
     fastdrop.dropout(np.ascontiguousarray(x), 0.3, seed=1)
-    assert not {"select_tiles", "select_columns"} & set(used)
+    assert "select_columns" not in used
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_keep_bits_of_a_tiled_launch_with_a_broadcast_mask(dtype):
+def test_keep_bits_of_a_columns_launch_with_a_broadcast_mask(dtype):
     """Regression: one launch whose rows share the mask's words (x (40, 1, 8) in F order, mask
     (1, 1, 8)) used to count as a single full row, whose bits the row kernel packs in the same
-    pass, but ran through the tile kernel, which packs none: the stored bits were all zero.
+    pass, but ran through the tile kernel (now the columns kernel), which packs none: the stored
+    bits were all zero.
     (Found with x (5, 1, 8) float64, which now takes the row kernel: 5 elements along the
     unit-stride axis are less than a cache line.)"""
     x = np.asfortranarray(np.random.default_rng(7).standard_normal((40, 1, 8))).astype(dtype)
@@ -226,11 +225,11 @@ def test_keep_bits_of_a_tiled_launch_with_a_broadcast_mask(dtype):
         assert_bitwise_equal(out, expected)
 
 
-@pytest.mark.parametrize("shape", TILE_SHAPES, ids=str)
+@pytest.mark.parametrize("shape", COLUMN_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_transposed_alpha_dropout(dtype, shape):
-    """Alpha dropout's tiles: ``select_tiles`` with its affine map; p = 1 and p within 2**-33 of 1
-    (threshold 0, which the tiles cannot take) go to the row kernel; a feature mask too."""
+    """Alpha dropout's columns: ``select_columns`` with its affine map; p = 1 and p within 2**-33
+    of 1 (threshold 0, which the columns cannot take) go to the row kernel; a feature mask too."""
     x = _transposed(shape, dtype, 5)
     dense = np.ascontiguousarray(x)
     # (a float16 x with p within 2**-33 of 1: the reference's affine constants overflow float16)
@@ -242,9 +241,9 @@ def test_transposed_alpha_dropout(dtype, shape):
     assert_bitwise_equal(y, reference.alpha_dropout(dense, 0.3, seed=31, mask_shape=(1, shape[1])))
 
 
-def test_dropout_tiles_keep_the_sign_of_zero():
-    """The tiles add -0.0 to x * scale (their affine form): a kept -0.0 must stay -0.0."""
-    x = np.zeros((TILE_WORDS + 3, TILE_ROWS + 5), dtype=np.float32).T
+def test_dropout_columns_keep_the_sign_of_zero():
+    """The columns add -0.0 to x * scale (their affine form): a kept -0.0 must stay -0.0."""
+    x = np.zeros((67, 69), dtype=np.float32).T
     x[::2] = -0.0
     y, mask = fastdrop.dropout(x, 0.5, seed=3)
     expected = reference.dropout(np.ascontiguousarray(x), 0.5, seed=3)
@@ -252,8 +251,9 @@ def test_dropout_tiles_keep_the_sign_of_zero():
     assert np.signbit(y).any()
 
 
-@pytest.mark.parametrize("width, kernel", [(102, "select_tiles"), (100, "select_columns")])
-def test_transposed_alpha_takes_the_tiles_or_columns(monkeypatch, width, kernel):
+@pytest.mark.parametrize("width", WIDTHS)
+def test_transposed_alpha_takes_the_columns(monkeypatch, width):
+    kernel = "select_columns"
     from fastdrop import _numba_kernels, _numba_variants
 
     used = []
@@ -263,11 +263,11 @@ def test_transposed_alpha_takes_the_tiles_or_columns(monkeypatch, width, kernel)
     assert used == [getattr(_numba_kernels, kernel)]
 
 
-@pytest.mark.parametrize("shape", TILE_SHAPES, ids=str)
+@pytest.mark.parametrize("shape", COLUMN_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_transposed_gaussian_dropout(dtype, shape):
-    """Gaussian dropout's tiles (``gaussian_tiles``): tile rows starting at odd and even words,
-    so that a row's first element pairs with a word before the tile, at several offsets."""
+    """Gaussian dropout's columns (``gaussian_columns``): task rows starting at odd and even
+    words, so that a row's first element pairs with a word before the task, at several offsets."""
     x = _transposed(shape, dtype, 6)
     dense = np.ascontiguousarray(x)
     for offset in (0, 1, 3, TOP - x.size - 2):  # room for the pair words at both ends
@@ -278,8 +278,9 @@ def test_transposed_gaussian_dropout(dtype, shape):
     assert_bitwise_equal(inplace, reference.gaussian_dropout(dense, 0.3, seed=41))
 
 
-@pytest.mark.parametrize("width, kernel", [(102, "gaussian_tiles"), (100, "gaussian_columns")])
-def test_transposed_gaussian_takes_the_tiles_or_columns(monkeypatch, width, kernel):
+@pytest.mark.parametrize("width", WIDTHS)
+def test_transposed_gaussian_takes_the_columns(monkeypatch, width):
+    kernel = "gaussian_columns"
     from fastdrop import _numba_variants
 
     used = []
@@ -290,10 +291,10 @@ def test_transposed_gaussian_takes_the_tiles_or_columns(monkeypatch, width, kern
     assert getattr(_numba_variants, kernel) in used
 
 
-@pytest.mark.parametrize("shape", TILE_SHAPES, ids=str)
+@pytest.mark.parametrize("shape", COLUMN_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_transposed_bias_dropout_add(dtype, shape):
-    """``bias_dropout_add_tiles``: x, residual and out transposed; a bias per column (strided,
+    """``bias_dropout_add_columns``: x, residual and out transposed; a bias per column (strided,
     contiguous, none); in place into the residual."""
     x = _transposed(shape, dtype, 7)
     residual = _transposed(shape, dtype, 8)
@@ -310,8 +311,9 @@ def test_transposed_bias_dropout_add(dtype, shape):
         assert_bitwise_equal(inplace, expected)
 
 
-@pytest.mark.parametrize("width, kernel", [(102, "bias_dropout_add_tiles"), (100, "bias_dropout_add_columns")])
-def test_transposed_bias_dropout_add_takes_the_tiles_or_columns(monkeypatch, width, kernel):
+@pytest.mark.parametrize("width", WIDTHS)
+def test_transposed_bias_dropout_add_takes_the_columns(monkeypatch, width):
+    kernel = "bias_dropout_add_columns"
     from fastdrop import _numba_variants
 
     used = []
