@@ -146,7 +146,12 @@ def test_masks_do_not_depend_on_thread_count(threads):
         x = np.random.default_rng(0).standard_normal((3, 70001)).astype(np.float32)
         y, m = fastdrop.dropout(x, 0.37, seed=2024, offset=3, keep_bits=True)
         z, _ = fastdrop.dropout(x[:, ::3], 0.37, seed=2024, mask_shape=(3, 1))
-        print(numba.get_num_threads(), hashlib.sha256(y.tobytes() + m.bits.tobytes() + z.tobytes()).hexdigest())
+        # A transposed view of odd width: the columns kernels, forward and from bits.
+        t = np.random.default_rng(1).standard_normal((37, 2050)).astype(np.float32).T
+        u, tm = fastdrop.dropout(t, 0.37, seed=2024, offset=5, keep_bits=True)
+        du = fastdrop.dropout_backward(t, tm)
+        parts = (y, m.bits, z, u, tm.bits, du)
+        print(numba.get_num_threads(), hashlib.sha256(b"".join(a.tobytes() for a in parts)).hexdigest())
         """
     count, digest = _run_isolated(code, NUMBA_NUM_THREADS=threads).split()
     assert count == threads
@@ -154,6 +159,10 @@ def test_masks_do_not_depend_on_thread_count(threads):
     y = reference.dropout(x, 0.37, seed=2024, offset=3)
     bits = reference.pack_bits(reference.keep_mask(x.shape, 0.37, seed=2024, offset=3))
     z = reference.dropout(x[:, ::3], 0.37, seed=2024, mask_shape=(3, 1))
+    t = np.ascontiguousarray(np.random.default_rng(1).standard_normal((37, 2050)).astype(np.float32).T)
+    u = reference.dropout(t, 0.37, seed=2024, offset=5)
+    t_bits = reference.pack_bits(reference.keep_mask(t.shape, 0.37, seed=2024, offset=5))
     import hashlib
 
-    assert digest == hashlib.sha256(y.tobytes() + bits.tobytes() + z.tobytes()).hexdigest()
+    parts = (y, bits, z, u, t_bits, u)  # the backward of dy = t is the forward
+    assert digest == hashlib.sha256(b"".join(a.tobytes() for a in parts)).hexdigest()

@@ -622,6 +622,11 @@ def test_results_do_not_depend_on_thread_count():
         "parts = [fastdrop.alpha_dropout(x, 0.3, seed=1, offset=3)[0],\n"
         "         fastdrop.gaussian_dropout(x, 0.3, seed=1, offset=3)[0],\n"
         "         fastdrop.bias_dropout_add(x, x[0], x[::-1].copy(), 0.3, seed=1, offset=3)[0]]\n"
+        # Transposed, odd width: the columns kernels (alpha shares select_columns).
+        "t = np.random.default_rng(1).standard_normal((37, 2050)).astype(np.float32).T\n"
+        "parts += [fastdrop.alpha_dropout(t, 0.3, seed=1, offset=3)[0],\n"
+        "          fastdrop.gaussian_dropout(t, 0.3, seed=1, offset=3)[0],\n"
+        "          fastdrop.bias_dropout_add(t, t[0], t.copy(order='F'), 0.3, seed=1, offset=3)[0]]\n"
         "print(hashlib.sha256(b''.join(p.tobytes() for p in parts)).hexdigest())\n"
     )
     digests = set()
