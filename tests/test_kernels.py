@@ -149,10 +149,12 @@ def test_repeated_words_and_channels_last(xp, case, offset):
 # Full masks over views whose unit-stride axis is not the last: the CPU backend's columns kernels
 # (select_columns, gaussian_columns, bias_dropout_add_columns, select_columns_from_bits), where a
 # Philox lane per row gives the words of four columns. With a mask stride along that axis that is
-# a multiple of 4 every row's words sit at the same place in their counters (from bits, a multiple
-# of 8: the same bit of their bytes); other strides (odd, 2 mod 4, 4 mod 8) shift each row's words
-# into place. Rows above COLUMN_ROWS (1024) and columns past a task's width; 20 channels leave
-# lanes past the rows. (base shape, view)
+# a multiple of 4 every row's words sit at the same place in their counters; other strides (odd,
+# 2 mod 4) shift each row's words into place; the backward from bits reads two bytes per row at
+# any stride (4 mod 8 and multiples of 8 below too). Rows above COLUMN_ROWS (1024) and columns
+# past a task's width; 20 channels leave lanes past the rows; 45 channels of 7 x 7 maps and an
+# odd F-ordered rank-3 array give each i0 its own first place (the latter through the launch's
+# swap of axes 0 and 1). (base shape, view)
 COLUMNS = {
     "transposed-tall": ((40, 2100), lambda a: a.T),
     "transposed-wide": ((2100, 36), lambda a: a.T),
@@ -167,6 +169,8 @@ COLUMNS = {
     "transposed-small-odd-width": ((35, 16), lambda a: a.T),  # serial twins
     "channels-last-7x7-maps": ((2, 7, 7, 48), lambda a: a.transpose(0, 3, 1, 2)),
     "channels-last-3x5-maps-wide": ((1, 3, 5, 2100), lambda a: a.transpose(0, 3, 1, 2)),
+    "channels-last-7x7-45-channels": ((3, 7, 7, 45), lambda a: a.transpose(0, 3, 1, 2)),
+    "f-ordered-rank3-odd": ((30, 7, 71), lambda a: a.T.copy().T),  # F order
 }
 
 

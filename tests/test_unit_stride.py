@@ -125,11 +125,11 @@ from fastdrop._numba_kernels import COLUMN_ROWS  # noqa: E402
 
 TOP = 2**64
 #: Logical shapes of transposed views for the columns kernels: rows (the unit-stride axis) of
-#: one task, of more than one (partial last task), widths (the mask stride along the rows) odd,
-#: 2 mod 4 and multiples of 4 and 8, one to three columns, and enough elements for the parallel
-#: kernels.
+#: one task, of more than one (a partial last task of 3 rows, of 1), widths (the mask stride along
+#: the rows) odd, 2 mod 4 and multiples of 4 and 8, two or three columns, and enough elements for
+#: the parallel kernels; (2, 63), under a cache line of rows, takes the row kernels (a control).
 COLUMN_SHAPES = [(63, 65), (65, 2), (2, 63), (128, 128), (300, 130), (COLUMN_ROWS + 3, 7),
-                 (40, 3), (600, 36)]
+                 (COLUMN_ROWS + 1, 5), (40, 3), (600, 36)]
 
 
 def _transposed(shape, dtype, seed):
@@ -165,10 +165,13 @@ def test_f_ordered_rank3_and_broadcast_masks(dtype):
     broadcast over the leading axis, reversed and sliced transposed views."""
     x = np.asfortranarray(np.random.default_rng(2).standard_normal((30, 7, 70))).astype(dtype)
     for mask_shape in (x.shape, (1, 7, 70), (30, 1, 70)):
-        expected = reference.dropout(np.ascontiguousarray(x), 0.3, seed=4, offset=9, mask_shape=mask_shape)
+        dense = np.ascontiguousarray(x)
+        expected = reference.dropout(dense, 0.3, seed=4, offset=9, mask_shape=mask_shape)
         y, mask = fastdrop.dropout(x, 0.3, seed=4, offset=9, mask_shape=mask_shape, keep_bits=True)
         assert_bitwise_equal(y, expected)
         assert_bitwise_equal(fastdrop.dropout_backward(x, mask), expected)
+        y, _ = fastdrop.gaussian_dropout(x, 0.3, seed=4, offset=9, mask_shape=mask_shape)
+        assert_bitwise_equal(y, reference.gaussian_dropout(dense, 0.3, seed=4, offset=9, mask_shape=mask_shape))
     t = _transposed((150, 90), dtype, 3)
     for view in (t[::-1], t[:, ::-1], t[10:140:3], t[5:, 7:]):
         expected = reference.dropout(np.ascontiguousarray(view), 0.3, seed=4, offset=2)
@@ -300,14 +303,14 @@ def test_transposed_bias_dropout_add(dtype, shape):
     residual = _transposed(shape, dtype, 8)
     dense_x, dense_residual = np.ascontiguousarray(x), np.ascontiguousarray(residual)
     bias = np.random.default_rng(9).standard_normal(2 * shape[1]).astype(dtype)[::2]
-    for b in (bias, np.ascontiguousarray(bias), None):
+    for b, offset in ((bias, 5), (np.ascontiguousarray(bias), TOP - x.size), (None, 2)):
         expected = reference.bias_dropout_add(dense_x, None if b is None else np.array(b),
-                                              dense_residual, 0.3, seed=19, offset=5)
+                                              dense_residual, 0.3, seed=19, offset=offset)
         out = np.full(shape[::-1], np.nan, dtype).T
-        y, _ = fastdrop.bias_dropout_add(x, b, residual, 0.3, seed=19, offset=5, out=out)
+        y, _ = fastdrop.bias_dropout_add(x, b, residual, 0.3, seed=19, offset=offset, out=out)
         assert_bitwise_equal(y, expected)
         inplace = residual.copy(order="F")
-        fastdrop.bias_dropout_add(x, b, inplace, 0.3, seed=19, offset=5, out=inplace)
+        fastdrop.bias_dropout_add(x, b, inplace, 0.3, seed=19, offset=offset, out=inplace)
         assert_bitwise_equal(inplace, expected)
 
 
