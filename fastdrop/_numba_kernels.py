@@ -586,16 +586,23 @@ def column_lanes(rows):
 
 
 @numba.njit(inline="always", **_jit)
-def column_rows(row_counters, phases, g0, mask_stride1, lanes, cols):
-    """Lays out a column task whose row r (r < lanes) starts at word g0 + r * mask_stride1:
-    the row's first Philox counter into ``row_counters[r]``, the place of its first word in that
-    counter into ``phases[r]``. Returns (shifted, skip, blocks, counters), ``column_block``'s:
+def column_rows(word_offset, i0, a, b, mask_stride0, mask_stride1, task_rows, rows, cols):
+    """Lays out the column task at (i0, a, b) of ``rows`` x ``cols`` elements, whose row r
+    starts at word g0 + r * mask_stride1 (g0 = word_offset + i0 * mask_stride0 + a *
+    mask_stride1 + b): for each of its ``lanes`` (``column_lanes(rows)``) the row's first Philox
+    counter into ``row_counters[r]`` and the place of its first word in that counter into
+    ``phases[r]`` (both sized for ``task_rows``, the largest task). Returns (lanes,
+    row_counters, phases, shifted, skip, blocks, counters), the last four ``column_block``'s:
 
     - mask_stride1 % 4 == 0: every row's first word has row 0's place ``skip``, so word t of
       each row's counter j is column 4j + t - skip (not shifted; one counter per block).
     - otherwise the places differ from row to row (they repeat every 4 rows). Block j is then
       columns 4j .. 4j + 3, words phase .. phase + 3 of a row's counters j and j + 1
       (``column_shift``); a row's last column needs counter (phase + cols - 1) // 4."""
+    lanes = column_lanes(rows)
+    row_counters = np.empty(column_lanes(task_rows), dtype=np.uint64)
+    phases = np.empty(column_lanes(task_rows), dtype=np.uint32)
+    g0 = word_offset + np.uint64(i0 * mask_stride0 + a * mask_stride1 + b)
     for r in range(lanes):
         g = g0 + np.uint64(r) * np.uint64(mask_stride1)
         row_counters[r] = g >> np.uint64(2)
@@ -603,9 +610,9 @@ def column_rows(row_counters, phases, g0, mask_stride1, lanes, cols):
     if mask_stride1 % 4 == 0:
         skip = np.int64(phases[0])
         blocks = (skip + cols + 3) // 4
-        return False, skip, blocks, blocks
+        return lanes, row_counters, phases, False, skip, blocks, blocks
     top = np.int64(max(max(phases[0], phases[1]), max(phases[2], phases[3])))  # lanes >= 16
-    return True, np.int64(0), (cols + 3) // 4, (top + cols - 1) // 4 + 1
+    return lanes, row_counters, phases, True, np.int64(0), (cols + 3) // 4, (top + cols - 1) // 4 + 1
 
 
 @numba.njit(inline="always", **_jit)
@@ -684,13 +691,9 @@ def select_columns(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, thre
     last_kept = np.uint32(threshold - np.uint64(1))  # 32-bit compare, as in select_rows
     for task in numba.prange(tasks):
         i0, a, b, rows, cols = column_place(task, task_rows, width, tiles1, tiles2, n1, n2)
-        lanes = column_lanes(rows)
+        lanes, row_counters, phases, shifted, skip, blocks, counters = column_rows(
+            word_offset, i0, a, b, mask_stride0, mask_stride1, task_rows, rows, cols)
         words = np.empty((8, column_lanes(task_rows)), dtype=np.uint32)
-        row_counters = np.empty(column_lanes(task_rows), dtype=np.uint64)
-        phases = np.empty(column_lanes(task_rows), dtype=np.uint32)
-        g0 = word_offset + np.uint64(i0 * mask_stride0 + a * mask_stride1 + b)
-        shifted, skip, blocks, counters = column_rows(row_counters, phases, g0, mask_stride1,
-                                                      lanes, cols)
         for j in range(blocks):
             at = column_block(words, row_counters, phases, j, shifted, counters, k0, k1, lanes)
             for t in range(4):

@@ -236,14 +236,10 @@ def gaussian_columns(x, out, mask_stride0, mask_stride1, word_offset, k0, k1, si
     tasks, task_rows, width, tiles1, tiles2 = column_tasks(n0, n1, n2)
     for task in numba.prange(tasks):
         i0, a, b, rows, cols = column_place(task, task_rows, width, tiles1, tiles2, n1, n2)
-        lanes = column_lanes(rows)
+        lanes, row_counters, phases, shifted, skip, blocks, counters = column_rows(
+            word_offset, i0, a, b, mask_stride0, mask_stride1, task_rows, rows, cols)
         words = np.empty((4, column_lanes(task_rows)), dtype=np.uint32)
         multipliers = np.empty((8, column_lanes(task_rows)), dtype=np.float64)
-        row_counters = np.empty(column_lanes(task_rows), dtype=np.uint64)
-        phases = np.empty(column_lanes(task_rows), dtype=np.uint32)
-        g0 = word_offset + np.uint64(i0 * mask_stride0 + a * mask_stride1 + b)
-        shifted, skip, blocks, counters = column_rows(row_counters, phases, g0, mask_stride1,
-                                                      lanes, cols)
         for j in range(blocks):
             # column_block with multipliers in place of words.
             if not shifted:
@@ -370,12 +366,9 @@ def bias_dropout_add_columns(x, bias, residual, out, has_bias, word_offset, k0, 
     last_kept = np.uint32(threshold - np.uint64(1))  # 32-bit compare, as in select_rows: t >= 1
     for task in numba.prange(tasks):
         i0, a, b, rows, cols = column_place(task, task_rows, width, tiles1, tiles2, n1, n2)
-        lanes = column_lanes(rows)
+        lanes, row_counters, phases, shifted, skip, blocks, counters = column_rows(
+            word_offset, i0, a, b, n1 * n2, n2, task_rows, rows, cols)
         words = np.empty((8, column_lanes(task_rows)), dtype=np.uint32)
-        row_counters = np.empty(column_lanes(task_rows), dtype=np.uint64)
-        phases = np.empty(column_lanes(task_rows), dtype=np.uint32)
-        g0 = word_offset + np.uint64(i0 * n1 * n2 + a * n2 + b)
-        shifted, skip, blocks, counters = column_rows(row_counters, phases, g0, n2, lanes, cols)
         for j in range(blocks):
             at = column_block(words, row_counters, phases, j, shifted, counters, k0, k1, lanes)
             for t in range(4):
