@@ -228,11 +228,17 @@ _fresh_outputs: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 def streams(out) -> bool:
     """Whether kernels write ``out`` (as the caller passed it, before ``_plain``) with streaming
-    stores (see ``_numba_stream``): at least ``STREAM_ABOVE`` bytes, and not fresh pages that
-    this backend's ``empty_like`` made for the call."""
+    stores (see ``_numba_stream``): at least ``STREAM_ABOVE`` bytes, and neither fresh pages that
+    this backend's ``empty_like`` made for the call nor a view of them (bias-dropout-add writes
+    its output through a (rows, width) view)."""
     if not _numba_stream.STREAMING or out.nbytes < _numba_stream.STREAM_ABOVE:  # small calls stop here
         return False
-    return _fresh_outputs.pop(id(out), None) is not out
+    array = out
+    while array is not None:
+        if _fresh_outputs.pop(id(array), None) is array:
+            return False
+        array = getattr(array, "base", None)
+    return True
 
 
 def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):

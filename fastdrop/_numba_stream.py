@@ -16,6 +16,8 @@ Where it pays, and where it does not (same machine):
   words first and writes afterwards, so its streaming stores come in a burst that the write
   buffers cannot absorb: 2^24 float32 forward 2.2 -> 1.75 G elements/s. Their normal stores,
   whose lines are prefetched while the words are computed, overlap the arithmetic instead.
+  One exception, by CPU (``STREAM_PHILOX``): bias-dropout-add, which reads two arrays per one it
+  writes, on AMD Zen 5, whose Philox runs at 4.6 G words/s per core (bench/RESULTS.md).
 * Results go through a small staging buffer (``STAGE`` elements, in the L1 cache) between
   streaming stores. Staging a whole task first (16 KB) and then streaming it serialises the
   reads and the writes and gained nothing (27.5 GB/s for the copy); 128 elements at a time gave
@@ -32,7 +34,7 @@ import os
 import platform
 
 import numba
-from llvmlite import ir
+from llvmlite import binding, ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
@@ -77,6 +79,15 @@ def stream_threshold(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
 
 #: Outputs of at least this many bytes are streamed (``stream_threshold``).
 STREAM_ABOVE = stream_threshold()
+
+#: CPUs (LLVM's names) on which bias-dropout-add streams its output like the memory-bound
+#: kernels. Measured on Zen 5 (2 cores, 32 MiB L3; 2^24 float32, rows of 1024, out=, as % of
+#: its byte roofline beside a copy): normal stores 84-92%, streaming 94-102%, in place
+#: (out=residual) 75% and 102%; 2^23 a tie, 2^22 (under the threshold) streaming lost. The
+#: forward there still lost (0.8-0.9x), as on the Zen 2 and Emerald Rapids machines of earlier
+#: sessions, where bias-dropout-add was not measured this way: other CPUs keep normal stores.
+STREAM_PHILOX_CPUS = frozenset({"znver5"})
+STREAM_PHILOX = STREAMING and binding.get_host_cpu_name() in STREAM_PHILOX_CPUS
 #: Elements staged between streaming stores (a multiple of a line for every item size).
 STAGE = 128
 #: Rows (or a bits task's chunk) shorter than this are not streamed: the partial lines at both

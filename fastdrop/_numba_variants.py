@@ -25,7 +25,7 @@ import math
 import numba
 import numpy as np
 
-from fastdrop import reference
+from fastdrop import _numba_backend, _numba_stream, reference
 from fastdrop._kernel_cache import discard_stale_kernels
 from fastdrop._numba_half import as_compute, load, store
 from fastdrop._numba_backend import (
@@ -40,6 +40,7 @@ from fastdrop._numba_kernels import (
 )
 from fastdrop._numba_bits import bits_float64, float64_bits, pick, unit_span, unit_stride
 from fastdrop._numba_prefetch import CACHE_LINE
+from fastdrop._numba_stream import STAGE, lead, store_fence, stream_lines
 
 discard_stale_kernels()  # before any cached kernel loads: see _kernel_cache
 
@@ -314,11 +315,15 @@ def _multiply_span(x_row, out_row, multipliers):
 
 @numba.njit(parallel=True, **_jit)
 def bias_dropout_add_rows(x, bias, residual, out, has_bias, word_offset, k0, k1, threshold,
-                          scale, zero, flat_x, flat_residual, flat_out):
+                          scale, zero, flat_x, flat_residual, flat_out, tiled_bias, stream):
     """out = residual + where(keep, (x + bias) * scale, 0) over (rows, width) views, the mask
     over the flat C-order index row * width + column. Tasks are flat CHUNKs crossing rows.
     ``flat_*`` are (1, 1, n) views of the C-contiguous arrays among x, residual and out (empty
-    ones for the others) through which whole tasks prefetch what they will stream."""
+    ones for the others) through which whole tasks prefetch what they will stream.
+    ``stream``: x, residual and out are all C-contiguous, and out's whole lines are written with
+    streaming stores (see ``_numba_stream.STREAM_PHILOX``); ``tiled_bias`` is then the bias
+    repeated over ``width + STAGE`` elements, so that any ``STAGE`` columns from any column on
+    are one contiguous slice of it."""
     rows, width = x.shape
     n = rows * width
     last_kept = np.uint32(threshold - np.uint64(1))  # 32-bit compare, as in select_rows: t >= 1
@@ -329,6 +334,22 @@ def bias_dropout_add_rows(x, bias, residual, out, has_bias, word_offset, k0, k1,
         start = task * CHUNK
         count = min(CHUNK, n - start)
         words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
+        if stream:
+            # No write hints: a hinted line would be read, which streaming stores avoid.
+            first = task_words(words, word_offset + np.uint64(start), count, k0, k1,
+                               flat_x, flat_residual, flat_out[:, :, :0], 0, 0, start)
+            span_words = words[first : first + count]
+            # has_bias as a constant: a runtime flag in the staged loop cost 2.5x here (LLVM
+            # restructures the task's loops around it).
+            if has_bias:
+                _bias_dropout_add_streamed(flat_x[0, 0], tiled_bias, flat_residual[0, 0],
+                                           flat_out[0, 0], True, start, count, start % width,
+                                           span_words, last_kept, scale, zero)
+            else:
+                _bias_dropout_add_streamed(flat_x[0, 0], tiled_bias, flat_residual[0, 0],
+                                           flat_out[0, 0], False, start, count, start % width,
+                                           span_words, last_kept, scale, zero)
+            continue
         first = task_words(words, word_offset + np.uint64(start), count, k0, k1,
                            flat_x, flat_residual, flat_out, 0, 0, start)
         row = start // width
@@ -351,6 +372,39 @@ def bias_dropout_add_rows(x, bias, residual, out, has_bias, word_offset, k0, k1,
             done += segment
             row += 1
             column = 0
+
+
+@numba.njit(inline="always", **_jit)
+def _bias_dropout_add_streamed(flat_x, tiled_bias, flat_residual, flat_out, has_bias, start,
+                               count, column, span_words, last_kept, scale, zero):
+    """One task of ``bias_dropout_add_rows`` over the flat arrays, from flat index ``start``
+    (at ``column``): the elements before out's first line boundary with normal stores, then
+    ``STAGE`` at a time into a staging buffer and out with streaming stores, the rest normally;
+    a fence at the end (see ``_numba_stream``)."""
+    width = tiled_bias.size - STAGE
+    x_task = unit_stride(flat_x[start : start + count])
+    residual_task = unit_stride(flat_residual[start : start + count])
+    out_task = unit_stride(flat_out[start : start + count])
+    staged = np.empty(STAGE, dtype=out_task.dtype)
+    head = min(count, lead(out_task))  # the launcher checks out's alignment
+    _bias_dropout_add_span(x_task[:head], unit_stride(tiled_bias[column : column + head]),
+                           residual_task[:head], out_task[:head], has_bias, span_words[:head],
+                           last_kept, scale, zero)
+    done = head
+    column = (column + head) % width
+    while done + STAGE <= count:
+        _bias_dropout_add_span(x_task[done : done + STAGE],
+                               unit_stride(tiled_bias[column : column + STAGE]),
+                               residual_task[done : done + STAGE], staged, has_bias,
+                               span_words[done : done + STAGE], last_kept, scale, zero)
+        stream_lines(out_task, done, staged, STAGE)
+        done += STAGE
+        column = (column + STAGE) % width
+    rest = count - done
+    _bias_dropout_add_span(x_task[done:], unit_stride(tiled_bias[column : column + rest]),
+                           residual_task[done:], out_task[done:], has_bias, span_words[done:],
+                           last_kept, scale, zero)
+    store_fence()
 
 
 @numba.njit(parallel=True, **_jit)
@@ -482,6 +536,8 @@ def _columns_contiguous(*matrices) -> bool:
 
 
 def bias_dropout_add(x, bias, residual, out, *, seed, offset, threshold, scale):
+    # Asked of out as the caller passed it (before _plain), like the core backend's forward.
+    stream = _numba_stream.STREAM_PHILOX and out.flags.c_contiguous and _numba_backend.streams(out)
     if math.prod(x.shape) == 0:
         return
     if threshold == 0:  # nothing kept: residual + 0 (-0.0 becomes +0.0, as in the reference)
@@ -500,7 +556,12 @@ def bias_dropout_add(x, bias, residual, out, *, seed, offset, threshold, scale):
         return
     flat = [a.reshape(1, 1, -1) if a.flags.c_contiguous else np.empty((1, 1, 0), a.dtype)
             for a in (x, residual, out)]
+    # Streamed tasks run over flat arrays; out's lines must start on element boundaries.
+    stream = (stream and out.ctypes.data % out.itemsize == 0
+              and all(a.flags.c_contiguous for a in (x, residual)))
+    # The bias over width + STAGE columns (np.resize repeats it), for the streamed tasks.
+    tiled_bias = np.resize(bias_values, x.shape[1] + STAGE) if stream else bias_values[:0]
     kernel = _for_size(bias_dropout_add_rows, x.size)
     with _kernel_lock:
         kernel(x, bias_values, residual, out, has_bias, np.uint64(offset), k0, k1,
-               _threshold(threshold), scale_value, zero, *flat)
+               _threshold(threshold), scale_value, zero, *flat, tiled_bias, stream)

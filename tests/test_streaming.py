@@ -1,5 +1,6 @@
 """Streaming (non-temporal) stores: the backward from packed bits and channel-style masks write
-outputs larger than the last-level cache with them (``_numba_stream``). The threshold is lowered
+outputs larger than the last-level cache with them (``_numba_stream``), and so does
+bias-dropout-add on the CPUs of ``STREAM_PHILOX_CPUS``. The threshold is lowered
 here so that small arrays take those paths; every result against the NumPy reference bit for
 bit: outputs at every alignment within a cache line, rows and chunks too short to stream, partial
 lines at both ends, in place, float16/32/64, serial and parallel sizes."""
@@ -183,3 +184,76 @@ def test_fresh_outputs_are_not_streamed(monkeypatch):
     assert key in _numba_backend._fresh_outputs
     del unused  # an output no kernel asked about leaves no entry behind
     assert key not in _numba_backend._fresh_outputs
+
+
+def test_views_of_fresh_outputs_are_not_streamed(monkeypatch):
+    """Bias-dropout-add writes its new output through a (rows, width) view: still fresh."""
+    monkeypatch.setattr(_numba_stream, "ALWAYS_FRESH_BYTES", 0)
+    fresh = _numba_backend.empty_like(np.ones((4, 6), dtype=np.float32))
+    assert not _numba_backend.streams(fresh.reshape(6, 4)[1:])
+    assert _numba_backend.streams(fresh.reshape(6, 4))  # asked once, as above
+
+
+@pytest.fixture
+def philox_streams(monkeypatch):
+    """Bias-dropout-add streams on any CPU (``STREAM_PHILOX``), as it does on Zen 5."""
+    monkeypatch.setattr(_numba_stream, "STREAM_PHILOX", True)
+
+
+#: Widths under one STAGE, between, of whole stages; rows * width at serial and parallel sizes
+#: (a task's first element then falls at many columns and line offsets).
+BIAS_SHAPES = [(3, 5), (7, 100), (40, 1000), (9, 2 * STAGE), (SERIAL_BELOW // 60 + 3, 60),
+               (4, CHUNK + 3 * STAGE + 1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", BIAS_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_bias_dropout_add(dtype, shape, with_bias, philox_streams, stream_everything):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape).astype(dtype)
+    residual = rng.standard_normal(shape).astype(dtype)
+    x[0, :3] = [np.nan, np.inf, -0.0]
+    residual[0, :3] = [-0.0, -0.0, -0.0]
+    bias = rng.standard_normal(shape[1]).astype(dtype) if with_bias else None
+    offset = 2**40 + 3
+    expected = reference.bias_dropout_add(x, bias, residual, 0.3, seed=11, offset=offset)
+    for shift in _shifts(dtype):
+        out = _shifted(shape, dtype, shift, 0, fill=np.nan)
+        y, _ = fastdrop.bias_dropout_add(x, bias, residual, 0.3, seed=11, offset=offset, out=out)
+        assert y is out
+        assert_bitwise_equal(y, expected)
+    in_place = residual.copy()
+    fastdrop.bias_dropout_add(x, bias, in_place, 0.3, seed=11, offset=offset, out=in_place)
+    assert_bitwise_equal(in_place, expected)
+    assert stream_everything and all(stream_everything)
+
+
+@pytest.mark.parametrize("layout", ["x_column_slice", "out_column_slice", "out_misaligned"])
+def test_bias_dropout_add_layouts_that_do_not_stream(layout, philox_streams, stream_everything):
+    """Streamed tasks run over flat arrays: other layouts take the rows path, just as right."""
+    rng = np.random.default_rng(12)
+    shape = (30, 700)
+    x = rng.standard_normal((30, 710)).astype(np.float32)[:, 3:703]
+    if layout != "x_column_slice":
+        x = np.ascontiguousarray(x)
+    residual = rng.standard_normal(shape).astype(np.float32)
+    bias = rng.standard_normal(700).astype(np.float32)
+    if layout == "out_column_slice":
+        out = np.full((30, 705), np.nan, dtype=np.float32)[:, 5:]
+    elif layout == "out_misaligned":
+        out = np.zeros(4 * 30 * 700 + 1, dtype=np.uint8)[1:].view(np.float32).reshape(shape)
+        assert out.ctypes.data % 4
+    else:
+        out = np.full(shape, np.nan, dtype=np.float32)
+    fastdrop.bias_dropout_add(x, bias, residual, 0.4, seed=13, offset=17, out=out)
+    assert_bitwise_equal(out, reference.bias_dropout_add(x, bias, residual, 0.4, seed=13, offset=17))
+
+
+def test_bias_dropout_add_streams_only_where_measured(monkeypatch, stream_everything):
+    """Without ``STREAM_PHILOX`` (every CPU but Zen 5) the launcher does not even ask."""
+    monkeypatch.setattr(_numba_stream, "STREAM_PHILOX", False)
+    x = np.ones((4, 300), dtype=np.float32)
+    fastdrop.bias_dropout_add(x, None, x.copy(), 0.5, seed=1, out=np.empty_like(x))
+    assert stream_everything == []
+    assert _numba_stream.STREAM_PHILOX_CPUS == frozenset({"znver5"})
