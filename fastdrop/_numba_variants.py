@@ -21,6 +21,7 @@ scaled select) use the core backend's ``forward`` directly.
 from __future__ import annotations
 
 import math
+import sys
 
 import numba
 import numpy as np
@@ -45,6 +46,7 @@ from fastdrop._numba_stream import STAGE, lead, store_fence, stream_lines
 discard_stale_kernels()  # before any cached kernel loads: see _kernel_cache
 
 _MASK32 = np.uint64(0xFFFFFFFF)
+_LITTLE_ENDIAN = sys.byteorder == "little"  # word 2k is the low half of uint64 k
 _SHIFT32 = np.uint64(32)
 _LOW29 = np.uint64((1 << 29) - 1)
 
@@ -218,12 +220,35 @@ def _multipliers(words, multipliers, g, count, k0, k1, sigma):
     first = fill_words(words, g - np.uint64(parity), count + parity, k0, k1)
     # Pair k of the buffer holds the normals of elements 2k - first - parity, +1 of the span.
     pairs = (first + parity + count + 1) // 2
-    pair_words = words[: 2 * pairs]
-    for k in range(pairs):
-        z_even, z_odd = box_muller_pair(np.uint64(pair_words[2 * k]), np.uint64(pair_words[2 * k + 1]))
-        multipliers[2 * k] = 1.0 + sigma * z_even
-        multipliers[2 * k + 1] = 1.0 + sigma * z_odd
+    # Pairs k and k + half side by side, both before any store (a store could alias the next
+    # loads, for all LLVM knows): two independent chains of polynomial steps per iteration. A
+    # pair's two words are read as one uint64 (no shuffles to split even and odd words).
+    # Words and multipliers of a task, one thread, Zen 5: 1.34 -> 1.10 ns per element (two
+    # chains alone 1.25; four chains: LLVM no longer vectorised the loop).
+    half = pairs // 2
+    pair_words = words[: 2 * pairs].view(np.uint64)
+    for k in range(half):
+        z0, z1 = _box_muller_word_pair(pair_words[k])
+        q = k + half
+        y0, y1 = _box_muller_word_pair(pair_words[q])
+        multipliers[2 * k] = 1.0 + sigma * z0
+        multipliers[2 * k + 1] = 1.0 + sigma * z1
+        multipliers[2 * q] = 1.0 + sigma * y0
+        multipliers[2 * q + 1] = 1.0 + sigma * y1
+    if pairs % 2:
+        last = pairs - 1
+        z0, z1 = _box_muller_word_pair(pair_words[last])
+        multipliers[2 * last] = 1.0 + sigma * z0
+        multipliers[2 * last + 1] = 1.0 + sigma * z1
     return first + parity
+
+
+@numba.njit(inline="always", **_jit)
+def _box_muller_word_pair(pair):
+    """``box_muller_pair`` of words 2k, 2k + 1 read together as one uint64."""
+    if _LITTLE_ENDIAN:  # a module constant: the other branch is not compiled
+        return box_muller_pair(pair & _MASK32, pair >> _SHIFT32)
+    return box_muller_pair(pair >> _SHIFT32, pair & _MASK32)
 
 
 @numba.njit(parallel=True, **_jit)
