@@ -234,11 +234,18 @@ def streams(out) -> bool:
     if not _numba_stream.STREAMING or out.nbytes < _numba_stream.STREAM_ABOVE:  # small calls stop here
         return False
     array = out
-    while array is not None:
+    for _ in range(_BASE_HOPS):
+        if array is None:
+            break
         if _fresh_outputs.pop(id(array), None) is array:
             return False
         array = getattr(array, "base", None)
     return True
+
+
+#: How far ``streams`` follows ``.base`` (NumPy collapses a view's base to the array that owns the
+#: memory, so one or two hops reach it; the bound keeps a cyclic exporter from looping).
+_BASE_HOPS = 8
 
 
 def forward(x, out, *, mask_shape, seed, offset, threshold, scale, bits):

@@ -21,7 +21,6 @@ scaled select) use the core backend's ``forward`` directly.
 from __future__ import annotations
 
 import math
-import sys
 
 import numba
 import numpy as np
@@ -34,7 +33,8 @@ from fastdrop._numba_backend import (
     _threshold, compute_scalars,
 )
 from fastdrop._numba_kernels import (
-    _BUFFER_WORDS, CHUNK, SERIAL_BELOW, _jit, _serial_twin, column_block, column_lanes,
+    _BUFFER_WORDS, _LITTLE_ENDIAN, CHUNK, SERIAL_BELOW, _jit, _serial_twin, column_block,
+    column_lanes,
     column_place, column_rows, column_shift, column_tasks, column_words, fill_words, for_size,
     line_head, philox4x32_10, repeated_place, repeated_tasks, select_columns,
     select_repeated_rows, task_place, task_words, unit_rows, word_at,
@@ -46,7 +46,6 @@ from fastdrop._numba_stream import STAGE, lead, store_fence, stream_lines
 discard_stale_kernels()  # before any cached kernel loads: see _kernel_cache
 
 _MASK32 = np.uint64(0xFFFFFFFF)
-_LITTLE_ENDIAN = sys.byteorder == "little"  # word 2k is the low half of uint64 k
 _SHIFT32 = np.uint64(32)
 _LOW29 = np.uint64((1 << 29) - 1)
 
@@ -246,7 +245,7 @@ def _multipliers(words, multipliers, g, count, k0, k1, sigma):
 @numba.njit(inline="always", **_jit)
 def _box_muller_word_pair(pair):
     """``box_muller_pair`` of words 2k, 2k + 1 read together as one uint64."""
-    if _LITTLE_ENDIAN:  # a module constant: the other branch is not compiled
+    if _LITTLE_ENDIAN:  # word 2k is the low half of uint64 k; a constant: one branch compiled
         return box_muller_pair(pair & _MASK32, pair >> _SHIFT32)
     return box_muller_pair(pair >> _SHIFT32, pair & _MASK32)
 
@@ -340,15 +339,15 @@ def _multiply_span(x_row, out_row, multipliers):
 
 @numba.njit(parallel=True, **_jit)
 def bias_dropout_add_rows(x, bias, residual, out, has_bias, word_offset, k0, k1, threshold,
-                          scale, zero, flat_x, flat_residual, flat_out, tiled_bias, stream):
+                          scale, zero, flat_x, flat_residual, flat_out, wrapped_bias, stream):
     """out = residual + where(keep, (x + bias) * scale, 0) over (rows, width) views, the mask
     over the flat C-order index row * width + column. Tasks are flat CHUNKs crossing rows.
     ``flat_*`` are (1, 1, n) views of the C-contiguous arrays among x, residual and out (empty
     ones for the others) through which whole tasks prefetch what they will stream.
-    ``stream``: x, residual and out are all C-contiguous, and out's whole lines are written with
-    streaming stores (see ``_numba_stream.STREAM_PHILOX``); ``tiled_bias`` is then the bias
-    repeated over ``width + STAGE`` elements, so that any ``STAGE`` columns from any column on
-    are one contiguous slice of it."""
+    ``stream``: x, residual, out and bias are all C-contiguous, and out's whole lines are
+    written with streaming stores (see ``_numba_stream.STREAM_PHILOX``); ``wrapped_bias`` is
+    then ``bias[(j + width - STAGE) % width]`` for j < 2 * STAGE: the columns of a block that
+    runs past a row's end, as one contiguous slice (``_bias_columns``)."""
     rows, width = x.shape
     n = rows * width
     last_kept = np.uint32(threshold - np.uint64(1))  # 32-bit compare, as in select_rows: t >= 1
@@ -360,19 +359,22 @@ def bias_dropout_add_rows(x, bias, residual, out, has_bias, word_offset, k0, k1,
         count = min(CHUNK, n - start)
         words = np.empty(_BUFFER_WORDS, dtype=np.uint32)
         if stream:
-            # No write hints: a hinted line would be read, which streaming stores avoid.
+            # No write hints into out: a hinted line would be read, which streaming stores
+            # avoid. They go to the task's own words instead (in its L1, touched by no other
+            # thread; an empty view of out would point them all at out's first line).
             first = task_words(words, word_offset + np.uint64(start), count, k0, k1,
-                               flat_x, flat_residual, flat_out[:, :, :0], 0, 0, start)
+                               flat_x, flat_residual, words.reshape((1, 1, words.size)), 0, 0,
+                               start)
             span_words = words[first : first + count]
             # has_bias as a constant: a runtime flag in the staged loop cost 2.5x here (LLVM
             # restructures the task's loops around it).
             if has_bias:
-                _bias_dropout_add_streamed(flat_x[0, 0], tiled_bias, flat_residual[0, 0],
-                                           flat_out[0, 0], True, start, count, start % width,
+                _bias_dropout_add_streamed(flat_x[0, 0], bias, wrapped_bias, flat_residual[0, 0],
+                                           flat_out[0, 0], True, start, count, width,
                                            span_words, last_kept, scale, zero)
             else:
-                _bias_dropout_add_streamed(flat_x[0, 0], tiled_bias, flat_residual[0, 0],
-                                           flat_out[0, 0], False, start, count, start % width,
+                _bias_dropout_add_streamed(flat_x[0, 0], bias, wrapped_bias, flat_residual[0, 0],
+                                           flat_out[0, 0], False, start, count, width,
                                            span_words, last_kept, scale, zero)
             continue
         first = task_words(words, word_offset + np.uint64(start), count, k0, k1,
@@ -400,36 +402,47 @@ def bias_dropout_add_rows(x, bias, residual, out, has_bias, word_offset, k0, k1,
 
 
 @numba.njit(inline="always", **_jit)
-def _bias_dropout_add_streamed(flat_x, tiled_bias, flat_residual, flat_out, has_bias, start,
-                               count, column, span_words, last_kept, scale, zero):
-    """One task of ``bias_dropout_add_rows`` over the flat arrays, from flat index ``start``
-    (at ``column``): the elements before out's first line boundary with normal stores, then
-    ``STAGE`` at a time into a staging buffer and out with streaming stores, the rest normally;
-    a fence at the end (see ``_numba_stream``)."""
-    width = tiled_bias.size - STAGE
+def _bias_dropout_add_streamed(flat_x, bias, wrapped_bias, flat_residual, flat_out, has_bias,
+                               start, count, width, span_words, last_kept, scale, zero):
+    """One task of ``bias_dropout_add_rows`` over the flat arrays, from flat index ``start``:
+    the elements before out's first line boundary with normal stores, then ``STAGE`` at a time
+    into a staging buffer and out with streaming stores, the rest normally; a fence at the end
+    (see ``_numba_stream``). The head is under one line (the launcher checks that out starts on
+    an element boundary), so no block is longer than ``STAGE``."""
     x_task = unit_stride(flat_x[start : start + count])
     residual_task = unit_stride(flat_residual[start : start + count])
     out_task = unit_stride(flat_out[start : start + count])
     staged = np.empty(STAGE, dtype=out_task.dtype)
-    head = min(count, lead(out_task))  # the launcher checks out's alignment
-    _bias_dropout_add_span(x_task[:head], unit_stride(tiled_bias[column : column + head]),
+    column = start % width
+    head = min(count, lead(out_task))
+    _bias_dropout_add_span(x_task[:head], _bias_columns(bias, wrapped_bias, column, head, width),
                            residual_task[:head], out_task[:head], has_bias, span_words[:head],
                            last_kept, scale, zero)
     done = head
     column = (column + head) % width
     while done + STAGE <= count:
         _bias_dropout_add_span(x_task[done : done + STAGE],
-                               unit_stride(tiled_bias[column : column + STAGE]),
+                               _bias_columns(bias, wrapped_bias, column, STAGE, width),
                                residual_task[done : done + STAGE], staged, has_bias,
                                span_words[done : done + STAGE], last_kept, scale, zero)
         stream_lines(out_task, done, staged, STAGE)
         done += STAGE
         column = (column + STAGE) % width
     rest = count - done
-    _bias_dropout_add_span(x_task[done:], unit_stride(tiled_bias[column : column + rest]),
+    _bias_dropout_add_span(x_task[done:], _bias_columns(bias, wrapped_bias, column, rest, width),
                            residual_task[done:], out_task[done:], has_bias, span_words[done:],
                            last_kept, scale, zero)
     store_fence()
+
+
+@numba.njit(inline="always", **_jit)
+def _bias_columns(bias, wrapped_bias, column, size, width):
+    """The bias of columns column, column + 1, ... (size <= STAGE of them, wrapping at width) as
+    one contiguous slice: of the bias itself, or of ``wrapped_bias`` where they wrap."""
+    if column + size <= width:
+        return unit_stride(bias[column : column + size])
+    at = column + STAGE - width
+    return unit_stride(wrapped_bias[at : at + size])
 
 
 @numba.njit(parallel=True, **_jit)
@@ -509,6 +522,7 @@ def _for_size(kernel, n_elements: int):
 
 
 def alpha_forward(x, out, *, mask_shape, seed, offset, threshold, affine):
+    _numba_backend.streams(out)  # uses up a fresh output's mark: these kernels never stream
     k0, k1 = _key(seed)
     # In the compute dtype, as the reference; a float16 store rounds the dropped value from
     # float32, as the reference's astype does.
@@ -534,6 +548,7 @@ def alpha_forward(x, out, *, mask_shape, seed, offset, threshold, affine):
 
 
 def gaussian_forward(x, out, *, mask_shape, seed, offset, sigma):
+    _numba_backend.streams(out)  # uses up a fresh output's mark: these kernels never stream
     k0, k1 = _key(seed)
     x, out = _plain(x), _plain(out)
     kernel = _for_size(gaussian_rows, x.size)
@@ -561,8 +576,10 @@ def _columns_contiguous(*matrices) -> bool:
 
 
 def bias_dropout_add(x, bias, residual, out, *, seed, offset, threshold, scale):
-    # Asked of out as the caller passed it (before _plain), like the core backend's forward.
-    stream = _numba_stream.STREAM_PHILOX and out.flags.c_contiguous and _numba_backend.streams(out)
+    # Asked of out as the caller passed it (before _plain), like the core backend's forward, and
+    # always, so that a fresh output's mark is used up by its own call.
+    may_stream = _numba_backend.streams(out)
+    stream = may_stream and _numba_stream.STREAM_PHILOX and out.flags.c_contiguous
     if math.prod(x.shape) == 0:
         return
     if threshold == 0:  # nothing kept: residual + 0 (-0.0 becomes +0.0, as in the reference)
@@ -583,10 +600,12 @@ def bias_dropout_add(x, bias, residual, out, *, seed, offset, threshold, scale):
             for a in (x, residual, out)]
     # Streamed tasks run over flat arrays; out's lines must start on element boundaries.
     stream = (stream and out.ctypes.data % out.itemsize == 0
-              and all(a.flags.c_contiguous for a in (x, residual)))
-    # The bias over width + STAGE columns (np.resize repeats it), for the streamed tasks.
-    tiled_bias = np.resize(bias_values, x.shape[1] + STAGE) if stream else bias_values[:0]
+              and all(a.flags.c_contiguous for a in (x, residual, bias_values)))
+    width = x.shape[1]
+    # (Without a bias, bias_values is one zero, never read.)
+    wrapped_bias = (bias_values[(np.arange(2 * STAGE) + width - STAGE) % bias_values.size]
+                    if stream else np.empty(0, bias_values.dtype))
     kernel = _for_size(bias_dropout_add_rows, x.size)
     with _kernel_lock:
         kernel(x, bias_values, residual, out, has_bias, np.uint64(offset), k0, k1,
-               _threshold(threshold), scale_value, zero, *flat, tiled_bias, stream)
+               _threshold(threshold), scale_value, zero, *flat, wrapped_bias, stream)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fastdrop
-from fastdrop import _numba_backend, _numba_stream, reference
+from fastdrop import _numba_backend, _numba_stream, _numba_variants, reference
 from fastdrop._numba_kernels import CHUNK, SERIAL_BELOW
 from fastdrop._numba_stream import STAGE, STREAM_ROW_BYTES
 from fastdrop._numba_prefetch import CACHE_LINE
@@ -196,14 +196,31 @@ def test_views_of_fresh_outputs_are_not_streamed(monkeypatch):
 
 @pytest.fixture
 def philox_streams(monkeypatch):
-    """Bias-dropout-add streams on any CPU (``STREAM_PHILOX``), as it does on Zen 5."""
+    """Bias-dropout-add streams on any CPU (``STREAM_PHILOX``), as it does on Zen 5; yields the
+    ``stream`` argument of each rows-kernel launch."""
     monkeypatch.setattr(_numba_stream, "STREAM_PHILOX", True)
+    launches = []
+    original = _numba_variants._for_size
+
+    def for_size(kernel, n_elements):
+        chosen = original(kernel, n_elements)
+        if kernel is not _numba_variants.bias_dropout_add_rows:
+            return chosen
+
+        def launch(*arguments):
+            launches.append(arguments[-1])
+            return chosen(*arguments)
+
+        return launch
+
+    monkeypatch.setattr(_numba_variants, "_for_size", for_size)
+    return launches
 
 
-#: Widths under one STAGE, between, of whole stages; rows * width at serial and parallel sizes
-#: (a task's first element then falls at many columns and line offsets).
-BIAS_SHAPES = [(3, 5), (7, 100), (40, 1000), (9, 2 * STAGE), (SERIAL_BELOW // 60 + 3, 60),
-               (4, CHUNK + 3 * STAGE + 1)]
+#: Widths of one column, under, at and over one STAGE, long; rows * width at serial and
+#: parallel sizes (a task's first element then falls at many columns and line offsets).
+BIAS_SHAPES = [(700, 1), (3, 5), (7, 100), (9, STAGE - 1), (9, STAGE), (9, STAGE + 1),
+               (40, 1000), (SERIAL_BELOW // 60 + 3, 60), (4, CHUNK + 3 * STAGE + 1)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -213,8 +230,8 @@ def test_bias_dropout_add(dtype, shape, with_bias, philox_streams, stream_everyt
     rng = np.random.default_rng(11)
     x = rng.standard_normal(shape).astype(dtype)
     residual = rng.standard_normal(shape).astype(dtype)
-    x[0, :3] = [np.nan, np.inf, -0.0]
-    residual[0, :3] = [-0.0, -0.0, -0.0]
+    x[0, :3] = [np.nan, np.inf, -0.0][: shape[1]]
+    residual[0, :3] = -0.0
     bias = rng.standard_normal(shape[1]).astype(dtype) if with_bias else None
     offset = 2**40 + 3
     expected = reference.bias_dropout_add(x, bias, residual, 0.3, seed=11, offset=offset)
@@ -223,22 +240,46 @@ def test_bias_dropout_add(dtype, shape, with_bias, philox_streams, stream_everyt
         y, _ = fastdrop.bias_dropout_add(x, bias, residual, 0.3, seed=11, offset=offset, out=out)
         assert y is out
         assert_bitwise_equal(y, expected)
-    in_place = residual.copy()
-    fastdrop.bias_dropout_add(x, bias, in_place, 0.3, seed=11, offset=offset, out=in_place)
-    assert_bitwise_equal(in_place, expected)
+    for target in ("residual", "x"):
+        residual_in, x_in = residual.copy(), x.copy()
+        out = residual_in if target == "residual" else x_in
+        fastdrop.bias_dropout_add(x_in, bias, residual_in, 0.3, seed=11, offset=offset, out=out)
+        assert_bitwise_equal(out, expected)
     assert stream_everything and all(stream_everything)
+    assert philox_streams and all(philox_streams)
 
 
-@pytest.mark.parametrize("layout", ["x_column_slice", "out_column_slice", "out_misaligned"])
+@pytest.mark.parametrize("case", ["flat_no_bias", "flat_full_bias", "carry", "p0"])
+def test_bias_dropout_add_edges(case, philox_streams, stream_everything):
+    """1-D x (one row of n columns) with no bias and with a bias of x's whole shape, counters
+    that carry into their high word inside a task (offset 2**34 - 5: words of no prefetch
+    hints), and p = 0."""
+    rng = np.random.default_rng(14)
+    n = 3 * CHUNK + 77
+    x = rng.standard_normal(n).astype(np.float32)
+    residual = rng.standard_normal(n).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32) if case == "flat_full_bias" else None
+    p, offset = (0.0 if case == "p0" else 0.3), (2**34 - 5 if case == "carry" else 9)
+    out = _shifted((n,), np.float32, 3, 0, fill=np.nan)
+    fastdrop.bias_dropout_add(x, bias, residual, p, seed=15, offset=offset, out=out)
+    assert_bitwise_equal(out, reference.bias_dropout_add(x, bias, residual, p, seed=15, offset=offset))
+    assert philox_streams == [True]
+
+
+@pytest.mark.parametrize("layout", ["x_column_slice", "residual_column_slice", "out_column_slice",
+                                    "out_misaligned", "bias_strided"])
 def test_bias_dropout_add_layouts_that_do_not_stream(layout, philox_streams, stream_everything):
     """Streamed tasks run over flat arrays: other layouts take the rows path, just as right."""
     rng = np.random.default_rng(12)
     shape = (30, 700)
-    x = rng.standard_normal((30, 710)).astype(np.float32)[:, 3:703]
-    if layout != "x_column_slice":
-        x = np.ascontiguousarray(x)
-    residual = rng.standard_normal(shape).astype(np.float32)
-    bias = rng.standard_normal(700).astype(np.float32)
+
+    def matrix(sliced):
+        wide = rng.standard_normal((30, 710)).astype(np.float32)[:, 3:703]
+        return wide if sliced else np.ascontiguousarray(wide)
+
+    x, residual = matrix(layout == "x_column_slice"), matrix(layout == "residual_column_slice")
+    bias = rng.standard_normal(1400).astype(np.float32)
+    bias = bias[::2] if layout == "bias_strided" else bias[:700]
     if layout == "out_column_slice":
         out = np.full((30, 705), np.nan, dtype=np.float32)[:, 5:]
     elif layout == "out_misaligned":
@@ -248,12 +289,39 @@ def test_bias_dropout_add_layouts_that_do_not_stream(layout, philox_streams, str
         out = np.full(shape, np.nan, dtype=np.float32)
     fastdrop.bias_dropout_add(x, bias, residual, 0.4, seed=13, offset=17, out=out)
     assert_bitwise_equal(out, reference.bias_dropout_add(x, bias, residual, 0.4, seed=13, offset=17))
+    assert philox_streams == [False]
+
+
+def test_bias_dropout_add_new_output_is_not_streamed(monkeypatch, philox_streams, stream_everything):
+    """A new output is fresh pages (its (rows, width) view too): normal stores, and its mark is
+    used up by the call."""
+    monkeypatch.setattr(_numba_stream, "ALWAYS_FRESH_BYTES", 0)
+    x = np.random.default_rng(16).standard_normal((50, 300)).astype(np.float32)
+    y, _ = fastdrop.bias_dropout_add(x, x[0], x, 0.5, seed=17)
+    assert_bitwise_equal(y, reference.bias_dropout_add(x, x[0], x, 0.5, seed=17))
+    assert stream_everything == [False] and philox_streams == [False]
+    assert not _numba_backend._fresh_outputs
 
 
 def test_bias_dropout_add_streams_only_where_measured(monkeypatch, stream_everything):
-    """Without ``STREAM_PHILOX`` (every CPU but Zen 5) the launcher does not even ask."""
+    """Without ``STREAM_PHILOX`` (every CPU but Zen 5) it never streams."""
     monkeypatch.setattr(_numba_stream, "STREAM_PHILOX", False)
+    launches = []
+    original = _numba_variants._for_size
+    monkeypatch.setattr(_numba_variants, "_for_size",
+                        lambda kernel, n: lambda *arguments: (launches.append(arguments[-1]),
+                                                              original(kernel, n)(*arguments)))
     x = np.ones((4, 300), dtype=np.float32)
     fastdrop.bias_dropout_add(x, None, x.copy(), 0.5, seed=1, out=np.empty_like(x))
-    assert stream_everything == []
-    assert _numba_stream.STREAM_PHILOX_CPUS == frozenset({"znver5"})
+    assert launches == [False]
+
+
+def test_streams_follows_bases_a_bounded_way():
+    """An exporter whose base is itself ends the walk (a streamable output)."""
+
+    class Cyclic:
+        nbytes = 1 << 40
+
+    cyclic = Cyclic()
+    cyclic.base = cyclic
+    assert _numba_backend.streams(cyclic)
